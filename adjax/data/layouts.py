@@ -1,0 +1,223 @@
+"""List the samples of a dataset split from its folder layout, without decoding anything.
+
+Supported layouts (see ``LAYOUTS``):
+
+* ``mvtec_ad`` / ``mpdd``: ``<root>/<category>/train/good/*``, ``test/<defect>/*`` and masks at
+  ``ground_truth/<defect>/<stem>_mask.png``.
+* ``btad``: ``<root>/<product>/train/ok/*``, ``test/{ok,ko}/*`` and masks at
+  ``ground_truth/ko/<stem>.{png,bmp,...}`` (BTAD masks carry the image's own stem, no suffix).
+* ``folder``: a plain folder of normal images, for training only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+LAYOUTS = ("mvtec_ad", "mpdd", "btad", "folder")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Preference order when one stem has several mask files: PNG is the format every published
+# layout uses, so it wins over a BMP/JPEG left next to it.
+_MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+
+_SPLITS = ("train", "test")
+
+_DISPLAY = {"mvtec_ad": "MVTec AD", "mpdd": "MPDD", "btad": "BTAD", "folder": "image folder"}
+
+
+class DataError(ValueError):
+    """A dataset on disk does not have the expected layout or content."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image of a split and where its ground truth lives.
+
+    Attributes:
+      image: the image file.
+      mask: the mask file, or None for normal images (and for anomalous images without a mask
+        when ``allow_missing_masks`` was set).
+      label: 0 normal, 1 anomalous.
+      defect: "good" for normal images; the defect folder name otherwise.
+    """
+
+    image: pathlib.Path
+    mask: pathlib.Path | None
+    label: int
+    defect: str
+
+
+def list_samples(
+    layout: str,
+    root: str | os.PathLike,
+    category: str | None,
+    split: str,
+    *,
+    allow_missing_masks: bool = False,
+) -> list[Sample]:
+    """Lists the samples of one split of a dataset, sorted by defect then file name.
+
+    Args:
+      layout: one of ``LAYOUTS``.
+      root: the dataset root (the folder holding the categories; for ``folder``, the images).
+      category: the category / product folder (``bottle``, ``01``...); for ``folder`` an optional
+        subfolder of ``root``.
+      split: ``"train"`` or ``"test"`` (``folder`` has only ``"train"``).
+      allow_missing_masks: if False (default), an anomalous test image without a mask file is an
+        error, since pixel metrics would silently treat it as all-normal. If True, its
+        ``Sample.mask`` is None instead.
+
+    Returns:
+      The samples, in a deterministic order.
+
+    Raises:
+      DataError: unknown layout or split, missing folder, a folder without images, or a missing
+        mask.
+    """
+    if layout not in LAYOUTS:
+        known = ", ".join(LAYOUTS)
+        raise DataError(f"unknown dataset layout {layout!r}; known layouts are {known}")
+    root = pathlib.Path(root)
+    if layout == "folder":
+        return _list_folder(root, category, split)
+    if split not in _SPLITS:
+        raise DataError(
+            f"unknown split {split!r} for layout {layout!r}; expected one of {', '.join(_SPLITS)}"
+        )
+    name = _DISPLAY[layout]
+    _require_dir(root, f"{name} root folder")
+    if not category:
+        raise DataError(f"the {layout!r} layout needs a category (a subfolder of {root})")
+    cat_dir = root / category
+    _require_dir(cat_dir, f"{name} category folder")
+    if layout == "btad":
+        return _list_btad(cat_dir, split, allow_missing_masks)
+    return _list_mvtec(cat_dir, split, name, allow_missing_masks)
+
+
+def _list_mvtec(cat_dir: pathlib.Path, split: str, name: str, allow_missing: bool) -> list[Sample]:
+    if split == "train":
+        folder = cat_dir / "train" / "good"
+        _require_dir(folder, f"{name} category folder")
+        return [Sample(p, None, 0, "good") for p in _images_in(folder, name)]
+
+    test_dir = cat_dir / "test"
+    _require_dir(test_dir, f"{name} category folder")
+    defect_dirs = sorted(d for d in test_dir.iterdir() if d.is_dir() and not _hidden(d))
+    if not defect_dirs:
+        raise DataError(f"{name} test folder {test_dir} holds no defect folders")
+    samples = []
+    for defect_dir in defect_dirs:
+        defect = defect_dir.name
+        images = _images_in(defect_dir, name, allow_empty=True)
+        if defect == "good":
+            samples.extend(Sample(p, None, 0, "good") for p in images)
+            continue
+        gt_dir = cat_dir / "ground_truth" / defect
+        masks = _mask_index(gt_dir)
+        for image in images:
+            mask = masks.get(f"{image.stem}_mask")
+            if mask is None and not allow_missing:
+                expected = gt_dir / f"{image.stem}_mask.png"
+                raise DataError(
+                    f"{name} anomalous test image {image} has no mask file (expected {expected})"
+                )
+            samples.append(Sample(image, mask, 1, defect))
+    if not samples:
+        raise DataError(
+            f"{name} test folder {test_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return samples
+
+
+def _list_btad(cat_dir: pathlib.Path, split: str, allow_missing: bool) -> list[Sample]:
+    name = _DISPLAY["btad"]
+    if split == "train":
+        folder = cat_dir / "train" / "ok"
+        _require_dir(folder, f"{name} category folder")
+        return [Sample(p, None, 0, "good") for p in _images_in(folder, name)]
+
+    test_dir = cat_dir / "test"
+    _require_dir(test_dir, f"{name} category folder")
+    ok_dir, ko_dir = test_dir / "ok", test_dir / "ko"
+    if not ok_dir.is_dir() and not ko_dir.is_dir():
+        raise DataError(f"{name} test folder {test_dir} has neither an ok nor a ko folder")
+    samples = []
+    # "good" sorts before "ko", so listing ok first keeps the defect-then-name order.
+    if ok_dir.is_dir():
+        samples.extend(Sample(p, None, 0, "good") for p in _images_in(ok_dir, name, True))
+    if ko_dir.is_dir():
+        gt_dir = cat_dir / "ground_truth" / "ko"
+        masks = _mask_index(gt_dir)
+        for image in _images_in(ko_dir, name, allow_empty=True):
+            mask = masks.get(image.stem)
+            if mask is None and not allow_missing:
+                expected = gt_dir / f"{image.stem}.png"
+                raise DataError(
+                    f"{name} anomalous test image {image} has no mask file (expected {expected} "
+                    f"or the same stem with another image extension)"
+                )
+            samples.append(Sample(image, mask, 1, "ko"))
+    if not samples:
+        raise DataError(
+            f"{name} test folder {test_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return samples
+
+
+def _list_folder(root: pathlib.Path, category: str | None, split: str) -> list[Sample]:
+    folder = root / category if category else root
+    if split != "train":
+        raise DataError(
+            f"the 'folder' layout holds normal images for training only, so split {split!r} "
+            f"of {folder} is not available"
+        )
+    _require_dir(folder, "image folder")
+    return [Sample(p, None, 0, "good") for p in _images_in(folder, "image")]
+
+
+def _require_dir(path: pathlib.Path, what: str) -> None:
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if not path.is_dir():
+        raise DataError(f"{what} {path} is not a folder")
+
+
+def _hidden(path: pathlib.Path) -> bool:
+    # Skips dot-files such as macOS "._x.png" AppleDouble files, which carry an image extension
+    # but are not images and would fail to decode.
+    return path.name.startswith(".")
+
+
+def _images_in(folder: pathlib.Path, name: str, allow_empty: bool = False) -> list[pathlib.Path]:
+    """Image files directly inside ``folder`` (not recursive), sorted by file name."""
+    images = sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p) and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+    if not images and not allow_empty:
+        raise DataError(f"{name} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def _mask_index(gt_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Maps mask file stems in ``gt_dir`` to their path; empty if the folder is missing."""
+    if not gt_dir.is_dir():
+        return {}
+    rank = {ext: i for i, ext in enumerate(_MASK_EXTENSIONS)}
+    best: dict[str, pathlib.Path] = {}
+    for p in sorted(gt_dir.iterdir(), key=lambda p: p.name):
+        ext = p.suffix.lower()
+        if ext not in rank or _hidden(p) or not p.is_file():
+            continue
+        old = best.get(p.stem)
+        if old is None or rank[ext] < rank[old.suffix.lower()]:
+            best[p.stem] = p
+    return best

@@ -1,0 +1,219 @@
+"""EfficientAD: a PDN student regresses a frozen PDN teacher (local map) and an autoencoder
+(global map); maps are normalised on validation images, fused and resized to the input.
+
+Constants follow the reference code (nelson1425/EfficientAD `efficientad.py`) unless the config
+says otherwise; the seed-004 thesis's deviations (hard-loss quantile 0.99, the fusion weight
+alpha) are config values.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import flax.serialization
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from adjax.data import augment
+from adjax.methods import Prediction
+from adjax.models.autoencoder import Autoencoder
+from adjax.models.pdn import PDN
+from adjax.nn.layers import resize_bilinear
+
+
+class State(flax.struct.PyTreeNode):
+    """Everything EfficientAD trains, freezes and calibrates."""
+
+    step: jax.Array
+    params: dict[str, Any]      # {"student": ..., "autoencoder": ...}, trained
+    opt_state: Any
+    teacher: Any                # frozen teacher params
+    teacher_mean: jax.Array     # [C] channel mean of teacher features on the training images
+    teacher_std: jax.Array      # [C]
+    quantiles: jax.Array        # [2, 2]: (student-teacher, autoencoder) x (q_a, q_b); 0 before
+                                # calibration
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EfficientAD:
+    """The EfficientAD method (see the module docstring); built from an efficientad config."""
+
+    config: ml_collections.ConfigDict
+
+    @property
+    def channels(self) -> int:
+        return self.config.model.out_channels
+
+    @property
+    def teacher_net(self) -> PDN:
+        m = self.config.model
+        return PDN(m.size, m.out_channels, m.width)
+
+    @property
+    def student_net(self) -> PDN:
+        m = self.config.model
+        return PDN(m.size, 2 * m.out_channels, m.width)
+
+    @property
+    def autoencoder_net(self) -> Autoencoder:
+        m = self.config.model
+        return Autoencoder(m.out_channels, m.width, m.ae_dropout)
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        """Adam with PyTorch-style (L2, not decoupled) weight decay and a step drop of the lr."""
+        o, steps = self.config.optim, self.config.train.steps
+        schedule = optax.piecewise_constant_schedule(
+            o.lr, {int(o.lr_drop_at * steps): o.lr_drop})
+        return optax.chain(optax.add_decayed_weights(o.weight_decay), optax.adam(schedule))
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def init(self, rng: jax.Array, train: dict[str, jax.Array]) -> State:
+        """Initialises the nets and computes the teacher's channel statistics on `train`."""
+        images = train["image"]
+        k_teacher, k_student, k_ae = jax.random.split(rng, 3)
+        x = jnp.zeros((1, *images.shape[1:]), jnp.float32)
+        teacher = self.teacher_net.init(k_teacher, x)
+        if self.config.model.teacher_path:
+            teacher = _load_teacher(self.config.model.teacher_path, teacher)
+        params = {"student": self.student_net.init(k_student, x),
+                  "autoencoder": self.autoencoder_net.init(k_ae, x)}
+        mean, std = self._teacher_stats(teacher, images)
+        c = self.channels
+        return State(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=self.tx.init(params), teacher=teacher,
+                     teacher_mean=mean, teacher_std=std, quantiles=jnp.zeros((2, 2)))
+
+    def _teacher_stats(self, teacher, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # Two passes as the reference: the mean of per-image channel means, then the root of the
+        # mean of per-image mean squared deviations from it.
+        def features(image):
+            return self.teacher_net.apply(teacher, _prepare(image[None]))[0]
+
+        mean = jnp.mean(jax.lax.map(lambda im: features(im).mean((0, 1)), images), axis=0)
+        var = jax.lax.map(lambda im: jnp.mean((features(im) - mean) ** 2, (0, 1)), images)
+        return mean, jnp.sqrt(jnp.mean(var, axis=0))
+
+    def extra_pools(self) -> dict[str, np.ndarray]:
+        """The penalty images (the paper's ImageNet term), when a folder is configured."""
+        folder = self.config.loss.penalty_dir
+        if not folder:
+            return {}
+        from adjax.data.loading import load_folder
+
+        # The reference resizes penalty images to 2x the input and centre-crops the input size.
+        size = self.config.data.image_size
+        images = load_folder(folder, 2 * size)
+        lo = size // 2
+        return {"penalty": images[:, lo:lo + size, lo:lo + size]}
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train_step(self, state: State, batch: dict[str, jax.Array],
+                   rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
+        """One EfficientAD step: hard student-teacher loss (+ penalty), AE and student-AE losses."""
+        k_aug, k_gray, k_drop = jax.random.split(rng, 3)
+        c, n = self.channels, batch["image"].shape[0]
+        image = augment.to_float(batch["image"])
+        image_ae = augment.random_color_jitter(k_aug, image, self.config.loss.augment_factor)
+        x = augment.imagenet_normalize(jnp.concatenate([image, image_ae]))
+        teacher_out = self._teacher(state, x)
+        target, target_ae = teacher_out[:n], teacher_out[n:]
+        student_in = x
+        if "penalty" in batch:
+            penalty = augment.random_grayscale(k_gray, augment.to_float(batch["penalty"]),
+                                               self.config.loss.penalty_grayscale)
+            student_in = jnp.concatenate([x, augment.imagenet_normalize(penalty)])
+
+        def loss_fn(params):
+            student = self.student_net.apply(params["student"], student_in)
+            d = (target - student[:n, ..., :c]) ** 2
+            d_hard = jnp.quantile(d, self.config.loss.hard_quantile)
+            hard = d >= d_hard
+            loss_hard = jnp.sum(jnp.where(hard, d, 0.0)) / jnp.sum(hard)
+            loss_penalty = (jnp.mean(student[2 * n:, ..., :c] ** 2) if "penalty" in batch
+                            else jnp.zeros(()))
+            ae = self.autoencoder_net.apply(params["autoencoder"], x[n:], train=True,
+                                            rngs={"dropout": k_drop})
+            loss_ae = jnp.mean((target_ae - ae) ** 2)
+            loss_stae = jnp.mean((ae - student[n:2 * n, ..., c:]) ** 2)
+            loss = loss_hard + loss_penalty + loss_ae + loss_stae
+            return loss, dict(loss=loss, loss_hard=loss_hard, loss_penalty=loss_penalty,
+                              loss_ae=loss_ae, loss_stae=loss_stae)
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(params=params, opt_state=opt_state), metrics
+
+    def _teacher(self, state: State, x: jax.Array) -> jax.Array:
+        out = self.teacher_net.apply(state.teacher, x)
+        return jax.lax.stop_gradient((out - state.teacher_mean) / state.teacher_std)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def feature_maps(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Unnormalised student-teacher and autoencoder maps at the PDN's output size."""
+        c = self.channels
+        x = _prepare(images)
+        target = self._teacher(state, x)
+        student = self.student_net.apply(state.params["student"], x)
+        ae = self.autoencoder_net.apply(state.params["autoencoder"], x)
+        map_st = jnp.mean((target - student[..., :c]) ** 2, axis=-1)
+        map_ae = jnp.mean((ae - student[..., c:]) ** 2, axis=-1)
+        return map_st, map_ae
+
+    def calibrate(self, state: State, val: dict[str, jax.Array]) -> State:
+        """Quantiles q_a, q_b of both maps over the validation images."""
+        q = jnp.array([self.config.map.q_a, self.config.map.q_b])
+        maps_st, maps_ae = jax.lax.map(lambda im: self.feature_maps(state, im[None]),
+                                       val["image"])
+        return state.replace(quantiles=jnp.stack([jnp.quantile(maps_st, q),
+                                                  jnp.quantile(maps_ae, q)]))
+
+    def predict(self, state: State, images: jax.Array) -> Prediction:
+        """Fused, normalised maps padded and resized to the input; score = max of the map."""
+        cfg = self.config.map
+        map_st, map_ae = self.feature_maps(state, images)
+        (st_a, st_b), (ae_a, ae_b) = state.quantiles
+        map_st = 0.1 * (map_st - st_a) / (st_b - st_a)
+        map_ae = 0.1 * (map_ae - ae_a) / (ae_b - ae_a)
+        fused = cfg.alpha * map_st + (1.0 - cfg.alpha) * map_ae
+        fused = jnp.pad(fused, ((0, 0), (cfg.pad, cfg.pad), (cfg.pad, cfg.pad)))
+        size = images.shape[1:3]
+        full = resize_bilinear(fused[..., None], size)[..., 0]
+        return Prediction(anomaly_map=full, score=jnp.max(full, axis=(1, 2)))
+
+    def describe(self, state: State) -> dict[str, Any]:
+        """Facts a results record must carry about this run."""
+        path = self.config.model.teacher_path
+        return {"teacher": path or "random initialisation (not distilled)",
+                "params": {name: _count(tree) for name, tree in
+                           {"teacher": state.teacher, **state.params}.items()}}
+
+
+def _prepare(images: jax.Array) -> jax.Array:
+    return augment.imagenet_normalize(augment.to_float(images))
+
+
+def _count(tree) -> int:
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+
+
+def _load_teacher(path: str, target):
+    """Reads teacher params saved with `flax.serialization.to_bytes`."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config.model.teacher_path {path} does not exist.")
+    try:
+        return flax.serialization.from_bytes(target, file.read_bytes())
+    except Exception as err:  # msgpack and shape errors alike: name the file
+        raise ValueError(f"teacher file {path} does not hold PDN params of this config's size "
+                         f"({err}).") from err
+
+
