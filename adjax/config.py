@@ -42,8 +42,13 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def eval_config(**overrides) -> ml_collections.ConfigDict:
-    """The `config.eval` block: batch size for prediction and the AUPRO false-positive limit."""
-    cfg = ml_collections.ConfigDict(dict(batch_size=16, fpr_limit=0.3))
+    """The `config.eval` block.
+
+    Keys: batch_size (prediction), fpr_limit (AUPRO), threshold (how the decision threshold is
+    chosen on validation images: max | quantile | k_sigma), threshold_q, threshold_k.
+    """
+    cfg = ml_collections.ConfigDict(dict(batch_size=16, fpr_limit=0.3, threshold="quantile",
+                                         threshold_q=0.99, threshold_k=3.0))
     cfg.update(overrides)
     return cfg
 

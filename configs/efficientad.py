@@ -59,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     checkpoint_every=5_000, log_every=1_000)
     cfg.eval = common.eval_config()
     if variant == "quick":
-        cfg.data = common.data_config(name="synth", root=common.SYNTH_ROOT, category="tiles", image_size=128)
+        cfg.data = common.data_config(name="synth", root=common.SYNTH_ROOT, category="tiles",
+                                      image_size=128)
         cfg.model.width = 0.25
         cfg.model.out_channels = 96
         cfg.train = common.train_config(steps=600, batch_size=4, steps_per_call=50,

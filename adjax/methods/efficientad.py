@@ -84,7 +84,6 @@ class EfficientAD:
         params = {"student": self.student_net.init(k_student, x),
                   "autoencoder": self.autoencoder_net.init(k_ae, x)}
         mean, std = self._teacher_stats(teacher, images)
-        c = self.channels
         return State(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=self.tx.init(params), teacher=teacher,
                      teacher_mean=mean, teacher_std=std, quantiles=jnp.zeros((2, 2)))

@@ -68,7 +68,8 @@ class PDN(nn.Module):
             if kind == "pool":
                 x = avg_pool(x, kernel, 2, pad * pad_mult)
                 continue
-            features = self.out_channels if channels == "out" else max(1, round(channels * self.width))
+            features = (self.out_channels if channels == "out"
+                        else max(1, round(channels * self.width)))
             x = Conv2d(features, kernel, padding=pad * pad_mult, dtype=self.dtype)(x)
             if relu:
                 x = nn.relu(x)

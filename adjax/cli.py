@@ -1,0 +1,144 @@
+"""`adjax <command>`: a thin layer that parses flags, then calls the library.
+
+  adjax data synth --out DIR          write the embedded default data set (MVTec AD layout)
+  adjax train --config=F:V --workdir=W   train (resumes from W's last checkpoint)
+  adjax eval --workdir=W              score the test split, write a results record
+"""
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from absl import flags, logging
+
+USAGE = """usage: adjax <command> [flags]
+
+commands:
+  data synth   write the embedded default data set
+               adjax data synth --out data/synth
+  train        train a method from a config (resumes from the work directory's checkpoint)
+               adjax train --config=configs/efficientad.py:quick --workdir=runs/q
+  eval         score a trained run's test split and write a results record
+               adjax eval --workdir=runs/q
+
+`adjax <command> --help` lists a command's flags.
+"""
+
+FLAGS = flags.FLAGS
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    # The library's "bad input" errors: reported as one sentence, without a traceback.
+    from adjax.data.layouts import DataError
+    from adjax.evaluate import EvaluationError
+    from adjax.results import RecordError
+    from adjax.train import TrainingError
+
+    return (DataError, EvaluationError, RecordError, TrainingError, FileNotFoundError,
+            FileExistsError, ValueError)
+
+
+def _parse(command: str, args: list[str]) -> list[str]:
+    """Parses `args` into FLAGS and returns what is left; bad flags and config keys stop with
+    one sentence."""
+    try:
+        return FLAGS([f"adjax {command}", *args])[1:]
+    except flags.Error as err:
+        # config_flags embeds the config file's traceback: its last line is the reason.
+        reason = [line for line in str(err).splitlines() if line.strip()][-1].strip()
+        _fail(command, reason.split(": ", 1)[-1] if "Error: " in reason else reason)
+    except (AttributeError, KeyError) as err:  # an override of a key the config lacks
+        key = str(err).strip("\"'")
+        given = next((a for a in args if a.startswith("--config.") and key in a), key)
+        _fail(command, f"{given.split('=')[0].lstrip('-')} is not a key of this config.")
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    print(f"adjax {command}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _data() -> None:
+    from adjax.data import synthetic
+
+    path = synthetic.write_dataset(FLAGS.out, seed=FLAGS.seed, image_size=FLAGS.image_size)
+    print(f"adjax: wrote the embedded data set ({', '.join(synthetic.CATEGORIES)}) to {path}")
+
+
+def _train() -> None:
+    import jax
+
+    from adjax import train
+
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    train.train(FLAGS.config, FLAGS.workdir)
+    print(f"adjax: training finished; evaluate with `adjax eval --workdir={FLAGS.workdir}`")
+
+
+def _eval() -> None:
+    from adjax import evaluate, tables
+
+    record, path = evaluate.evaluate(FLAGS.workdir, FLAGS.results_dir, FLAGS.fpr_limit)
+    print(tables.metric_table([record]))
+    for key, reason in record["notes"]["missing"].items():
+        print(f"  {key}: missing ({reason})")
+    print(f"adjax: wrote {path}")
+
+
+def _define(command: str) -> Callable[[], None]:
+    if command == "data":
+        flags.DEFINE_string("out", None, "Folder to write the data set to.", required=True)
+        flags.DEFINE_integer("seed", 0, "Generator seed (the same seed gives the same files).")
+        flags.DEFINE_integer("image_size", 256, "Side of the generated square images.")
+        return _data
+    if command == "train":
+        from ml_collections import config_flags
+
+        config_flags.DEFINE_config_file("config", None, "Config file and variant, F.py:V.",
+                                        lock_config=True)
+        flags.mark_flag_as_required("config")
+        flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs).",
+                            required=True)
+        flags.DEFINE_bool("distributed", False,
+                          "Call jax.distributed.initialize() first (several hosts).")
+        return _train
+    if command == "eval":
+        flags.DEFINE_string("workdir", None, "A trained run's work directory.", required=True)
+        flags.DEFINE_string("results_dir", None, "Where to write the record "
+                            "(default <workdir>/results).")
+        flags.DEFINE_float("fpr_limit", None, "AUPRO integration limit (default: the config's).")
+        return _eval
+    raise KeyError(command)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Entry point of the `adjax` console script."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if len(argv) >= 2 else 2)
+    command, rest = argv[1], argv[2:]
+    if command == "data":
+        if not rest or rest[0] != "synth":
+            print("usage: adjax data synth --out DIR [--seed N] [--image_size S]",
+                  file=sys.stderr)
+            sys.exit(2)
+        rest = rest[1:]
+    try:
+        main = _define(command)
+    except KeyError:
+        print(f"adjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    if "--help" in rest or "-h" in rest:
+        print(f"usage: adjax {command} [flags]\n")
+        print(FLAGS.module_help(sys.modules[__name__]).split("\n", 1)[1])
+        sys.exit(0)
+    unparsed = _parse(command, rest)
+    if unparsed:
+        _fail(command, f"unexpected arguments: {' '.join(unparsed)}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        main()
+    except _errors() as err:
+        _fail(command, str(err))
