@@ -42,11 +42,16 @@ def _parse(command: str, args: list[str]) -> list[str]:
     """Parses `args` into FLAGS and returns what is left; bad flags and config keys stop with
     one sentence."""
     try:
-        return FLAGS([f"adjax {command}", *args])[1:]
+        unparsed = FLAGS([f"adjax {command}", *args])[1:]
+        if "config" in FLAGS:
+            FLAGS.config  # noqa: B018  (config files load lazily; load now to report errors)
+        return unparsed
     except flags.Error as err:
         # config_flags embeds the config file's traceback: its last line is the reason.
         reason = [line for line in str(err).splitlines() if line.strip()][-1].strip()
         _fail(command, reason.split(": ", 1)[-1] if "Error: " in reason else reason)
+    except OSError as err:
+        _fail(command, f"could not read the config file ({err}).")
     except (AttributeError, KeyError) as err:  # an override of a key the config lacks
         key = str(err).strip("\"'")
         given = next((a for a in args if a.startswith("--config.") and key in a), key)

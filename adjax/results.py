@@ -6,11 +6,13 @@ written to a temporary name, then renamed, so a crash never leaves half a file.
 
 import datetime
 import json
+import math
 import os
 import pathlib
 import platform
 import subprocess
 import tempfile
+import uuid
 from typing import Any
 
 SCHEMA = 1
@@ -89,15 +91,17 @@ def validate(record: Any, where: str = "record") -> None:
     if record["kind"] not in KINDS:
         raise RecordError(f"{where}: field 'kind' must be one of {', '.join(KINDS)}.")
     for name, value in record["metrics"].items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise RecordError(f"{where}: metrics[{name!r}] must be a number or null.")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            raise RecordError(f"{where}: metrics[{name!r}] must be a finite number or null.")
     if record["kind"] == "bench" and "bench" not in record:
         raise RecordError(f"{where}: a bench record needs the field 'bench'.")
 
 
 def filename(record: dict[str, Any]) -> str:
-    """A file name that sorts by kind, method, data set and category, unique per creation."""
-    stamp = record["created"].replace(":", "").replace("-", "")
+    """A file name that sorts by kind, method, data set and category; a random suffix keeps two
+    records created in the same second apart."""
+    stamp = record["created"].replace(":", "").replace("-", "") + "-" + uuid.uuid4().hex[:6]
     parts = [record["kind"], record["method"], record["variant"], record["dataset"],
              record["category"], stamp]
     return "-".join(p.replace("/", "_").replace(" ", "_") for p in parts if p) + ".json"

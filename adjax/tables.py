@@ -9,7 +9,7 @@ DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "aupro_0.3", "image_ap", "pixel
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
-    return f"{100 * value:.1f}" if isinstance(value, float) else str(value)
+    return f"{100 * value:.1f}"
 
 
 def metric_table(records: Sequence[dict[str, Any]],
@@ -20,13 +20,16 @@ def metric_table(records: Sequence[dict[str, Any]],
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
-        key = (f"{r['method']}:{r['variant']}" if r["variant"] else r["method"], r["dataset"])
+        method = f"{r['method']}:{r['variant']}" if r["variant"] else r["method"]
+        if r["source"] != "adjax":
+            method += " (published)"
+        key = (method, r["dataset"])
         groups.setdefault(key, []).append(r)
     for (method, dataset), rows in groups.items():
         for r in sorted(rows, key=lambda r: r["category"]):
             values = [_fmt(r["metrics"].get(m)) for m in metric_names]
             lines.append("| " + " | ".join([method, dataset, r["category"], *values]) + " |")
-        if len(rows) > 1:
+        if len({r["category"] for r in rows}) > 1:
             means = []
             for m in metric_names:
                 vals = [r["metrics"].get(m) for r in rows]

@@ -1,0 +1,33 @@
+"""Shared test setup: four simulated CPU devices (for the data-parallel tests), small data."""
+
+import importlib.util
+import pathlib
+
+import jax
+import pytest
+
+# Must run before any JAX computation: the trainer tests compare 1 device against 4.
+jax.config.update("jax_num_cpu_devices", 4)
+# XLA compiles dominate the suite's time on 2 cores; several tests build the same functions.
+jax.config.update("jax_compilation_cache_dir", "/tmp/adjax-test-jax-cache")
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str = ""):
+    """`configs/<name>.py`'s get_config(arg), as `--config=configs/<name>.py:arg` loads it."""
+    path = ROOT / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> pathlib.Path:
+    """A small embedded data set (128 px, few images) shared by the whole session."""
+    from adjax.data.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synth"), image_size=128, n_train=12,
+                         n_test_good=4, n_test_per_defect=2, categories=("tiles",))

@@ -1,0 +1,115 @@
+"""Tests for the `adjax` command line (adjax.cli), run as the user runs it: in a subprocess.
+
+Bad input must stop with exit status 2 and one sentence on stderr that names what is at fault,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = "--config=configs/efficientad.py:quick"
+
+
+def _adjax(*args: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ADJAX_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-c", "from adjax.cli import run; run()", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single line on stderr, after checking the run failed as bad input does."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _usage_commands(text: str) -> list[str]:
+    """The command names listed under `commands:` in the usage text."""
+    body = text.split("commands:", 1)[1]
+    names = []
+    for line in body.splitlines():
+        # A command line is indented by two spaces; its example lines are indented further.
+        if line.startswith("  ") and not line.startswith("   "):
+            names.append(line.strip().split("  ")[0].strip())
+    return names
+
+
+def test_no_arguments_prints_the_usage(tmp_path):
+    proc = _adjax(tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    usage = proc.stdout + proc.stderr
+    assert "usage: adjax" in usage
+    assert _usage_commands(usage) == ["data synth", "train", "eval"]
+    assert "bench" not in usage
+    assert "tables" not in usage
+
+
+def test_unknown_command(tmp_path):
+    proc = _adjax("frob", tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    first, _, rest = proc.stderr.strip().partition("\n")
+    assert "'frob'" in first
+    assert "unknown command" in first
+    # Anything after the error line is the usage, as a reminder of the valid commands.
+    assert not rest.strip() or _usage_commands(rest) == ["data synth", "train", "eval"]
+
+
+def test_train_with_an_unknown_config_key(tmp_path):
+    proc = _adjax("train", CONFIG, f"--workdir={tmp_path / 'w'}", "--config.nosuch=1",
+                  tmp_path=tmp_path)
+    line = _error_line(proc)
+    assert "config.nosuch" in line
+    assert line.startswith("adjax train")
+
+
+def test_train_with_an_unknown_variant(tmp_path):
+    proc = _adjax("train", "--config=configs/efficientad.py:zz", f"--workdir={tmp_path / 'w'}",
+                  tmp_path=tmp_path)
+    line = _error_line(proc)
+    assert "'zz'" in line
+    assert "quick" in line  # says which variants exist
+
+
+def test_train_with_a_missing_data_root(tmp_path):
+    missing = tmp_path / "missing"
+    proc = _adjax("train", CONFIG, f"--workdir={tmp_path / 'w'}",
+                  f"--config.data.root={missing}", tmp_path=tmp_path)
+    line = _error_line(proc)
+    assert str(missing) in line
+    # Nothing was trained, so no checkpoint may be left behind.
+    leftovers = list((tmp_path / "w").rglob("*")) if (tmp_path / "w").exists() else []
+    assert not [p for p in leftovers if p.is_file()]
+
+
+def test_eval_of_a_folder_that_is_not_a_work_directory(tmp_path):
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+    proc = _adjax("eval", f"--workdir={workdir}", tmp_path=tmp_path)
+    line = _error_line(proc)
+    assert "config.json" in line
+    assert str(workdir) in line
+
+
+def test_data_synth_writes_the_embedded_data_set(tmp_path):
+    out = tmp_path / "d"
+    proc = _adjax("data", "synth", "--out", str(out), "--image_size", "64", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout
+    pngs = sorted((out / "tiles" / "train" / "good").glob("*.png"))
+    assert pngs
+    with Image.open(pngs[0]) as image:
+        assert image.size == (64, 64)
+    assert list((out / "tiles" / "ground_truth").rglob("*_mask.png"))
