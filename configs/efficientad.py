@@ -1,7 +1,7 @@
 r"""EfficientAD (Batzner, Heckler, Koenig; WACV 2024): PDN student-teacher plus autoencoder.
 
 Variants: `s` (PDN-S), `m` (PDN-M) with the reference schedule (70,000 steps at batch 1), and
-`quick`, a CPU-sized PDN-S (128 px, quarter width, 600 steps at batch 4) on the embedded data.
+`quick`, a CPU-sized PDN-S (128 px, quarter width, 600 steps at batch 1) on the embedded data.
 
   adjax data synth --out data/synth
   adjax train --config=configs/efficientad.py:quick --workdir=runs/efficientad-quick
@@ -63,6 +63,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                       image_size=128)
         cfg.model.width = 0.25
         cfg.model.out_channels = 96
-        cfg.train = common.train_config(steps=600, batch_size=4, steps_per_call=50,
+        cfg.train = common.train_config(steps=600, batch_size=1, steps_per_call=50,
                                         checkpoint_every=200, log_every=100)
     return cfg
