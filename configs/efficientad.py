@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             width=1.0,             # hidden-width multiplier (1.0 = reference)
             ae_dropout=0.0,        # reference code: none; the paper's table: 0.2
             teacher_path="",       # empty: random teacher (reported as such)
+            dtype="float32",       # computation dtype: float32 or bfloat16 (params stay float32)
         )
     )
     cfg.loss = ml_collections.ConfigDict(

@@ -49,19 +49,24 @@ class EfficientAD:
         return self.config.model.out_channels
 
     @property
+    def dtype(self) -> jnp.dtype:
+        """Computation dtype of the nets (parameters and losses stay float32)."""
+        return jnp.dtype(self.config.model.dtype)
+
+    @property
     def teacher_net(self) -> PDN:
         m = self.config.model
-        return PDN(m.size, m.out_channels, m.width)
+        return PDN(m.size, m.out_channels, m.width, dtype=self.dtype)
 
     @property
     def student_net(self) -> PDN:
         m = self.config.model
-        return PDN(m.size, 2 * m.out_channels, m.width)
+        return PDN(m.size, 2 * m.out_channels, m.width, dtype=self.dtype)
 
     @property
     def autoencoder_net(self) -> Autoencoder:
         m = self.config.model
-        return Autoencoder(m.out_channels, m.width, m.ae_dropout)
+        return Autoencoder(m.out_channels, m.width, m.ae_dropout, dtype=self.dtype)
 
     @property
     def tx(self) -> optax.GradientTransformation:
@@ -92,7 +97,7 @@ class EfficientAD:
         # Two passes as the reference: the mean of per-image channel means, then the root of the
         # mean of per-image mean squared deviations from it.
         def features(image):
-            return self.teacher_net.apply(teacher, _prepare(image[None]))[0]
+            return self.teacher_net.apply(teacher, _prepare(image[None]))[0].astype(jnp.float32)
 
         mean = jnp.mean(jax.lax.map(lambda im: features(im).mean((0, 1)), images), axis=0)
         var = jax.lax.map(lambda im: jnp.mean((features(im) - mean) ** 2, (0, 1)), images)
@@ -130,7 +135,7 @@ class EfficientAD:
             student_in = jnp.concatenate([x, augment.imagenet_normalize(penalty)])
 
         def loss_fn(params):
-            student = self.student_net.apply(params["student"], student_in)
+            student = self.student_net.apply(params["student"], student_in).astype(jnp.float32)
             d = (target - student[:n, ..., :c]) ** 2
             d_hard = jnp.quantile(d, self.config.loss.hard_quantile)
             hard = d >= d_hard
@@ -138,7 +143,7 @@ class EfficientAD:
             loss_penalty = (jnp.mean(student[2 * n:, ..., :c] ** 2) if "penalty" in batch
                             else jnp.zeros(()))
             ae = self.autoencoder_net.apply(params["autoencoder"], x[n:], train=True,
-                                            rngs={"dropout": k_drop})
+                                            rngs={"dropout": k_drop}).astype(jnp.float32)
             loss_ae = jnp.mean((target_ae - ae) ** 2)
             loss_stae = jnp.mean((ae - student[n:2 * n, ..., c:]) ** 2)
             loss = loss_hard + loss_penalty + loss_ae + loss_stae
@@ -151,7 +156,7 @@ class EfficientAD:
         return state.replace(params=params, opt_state=opt_state), metrics
 
     def _teacher(self, state: State, x: jax.Array) -> jax.Array:
-        out = self.teacher_net.apply(state.teacher, x)
+        out = self.teacher_net.apply(state.teacher, x).astype(jnp.float32)
         return jax.lax.stop_gradient((out - state.teacher_mean) / state.teacher_std)
 
     # -- inference -----------------------------------------------------------------------------
@@ -161,8 +166,8 @@ class EfficientAD:
         c = self.channels
         x = _prepare(images)
         target = self._teacher(state, x)
-        student = self.student_net.apply(state.params["student"], x)
-        ae = self.autoencoder_net.apply(state.params["autoencoder"], x)
+        student = self.student_net.apply(state.params["student"], x).astype(jnp.float32)
+        ae = self.autoencoder_net.apply(state.params["autoencoder"], x).astype(jnp.float32)
         map_st = jnp.mean((target - student[..., :c]) ** 2, axis=-1)
         map_ae = jnp.mean((ae - student[..., c:]) ** 2, axis=-1)
         return map_st, map_ae
