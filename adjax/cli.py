@@ -5,6 +5,7 @@
   adjax eval --workdir=W              score the test split, write a results record
 """
 
+import pathlib
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -84,11 +85,14 @@ def _train() -> None:
 def _eval() -> None:
     from adjax import evaluate, tables
 
-    record, path = evaluate.evaluate(FLAGS.workdir, FLAGS.results_dir, FLAGS.fpr_limit)
+    record, path = evaluate.evaluate(FLAGS.workdir, FLAGS.results_dir, FLAGS.fpr_limit,
+                                     FLAGS.save_images)
     print(tables.metric_table([record]))
     for key, reason in record["notes"]["missing"].items():
         print(f"  {key}: missing ({reason})")
     print(f"adjax: wrote {path}")
+    if FLAGS.save_images:
+        print(f"adjax: pictures in {pathlib.Path(FLAGS.workdir) / 'images'}")
 
 
 def _define(command: str) -> Callable[[], None]:
@@ -113,6 +117,8 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("results_dir", None, "Where to write the record "
                             "(default <workdir>/results).")
         flags.DEFINE_float("fpr_limit", None, "AUPRO integration limit (default: the config's).")
+        flags.DEFINE_bool("save_images", False, "Draw ROC/PR/PRO curves and overlays of the "
+                          "worst and best test images as PNG into <workdir>/images.")
         return _eval
     raise KeyError(command)
 

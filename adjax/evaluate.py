@@ -78,23 +78,47 @@ def thresholded(test_scores, test_labels, val_scores, how: str, q: float, k: flo
     return {f"{prefix}_{key}_val_{how}": out[key] for key in keys}
 
 
+def _save_images(folder: pathlib.Path, computed, test, maps, scores, fpr_limit) -> None:
+    from adjax import viz  # matplotlib is only imported when pictures are asked for
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    names = [f"{defect}_{pathlib.Path(p).stem}" for defect, p in zip(test.defects, test.paths,
+                                                                       strict=True)]
+    viz.save_all(computed, test.images, maps, test.masks, scores, test.labels, folder,
+                 fpr_limit=fpr_limit, names=names)
+
+
 def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None = None,
-             fpr_limit: float | None = None) -> tuple[dict[str, Any], pathlib.Path]:
+             fpr_limit: float | None = None,
+             save_images: bool = False) -> tuple[dict[str, Any], pathlib.Path]:
     """Scores the test split of a trained run and writes an `eval` results record.
 
-    Returns the record and its path (default folder: `<workdir>/results`).
+    Returns the record and its path (default folder: `<workdir>/results`). With `save_images`,
+    the ROC, PR and PRO curves and overlays of the worst and best test images are drawn as PNG
+    into `<workdir>/images` (emptied of earlier PNGs first).
     """
     workdir = pathlib.Path(workdir)
     config = load_config(workdir)
     method = methods.build(config)
-    state = restore(workdir, method, config)
+    try:
+        state = restore(workdir, method, config)
+    except (AttributeError, KeyError) as err:  # a config key this adjax expects is absent
+        raise EvaluationError(
+            f"{workdir}/config.json lacks the key {str(err).strip(chr(34))} that this version of "
+            f"adjax needs (was it written by an older one?); train again in a new work "
+            f"directory.") from err
     test = datasets.test(config.data)
     _, val = datasets.train_and_validation(config.data, config.seed)
     batch = config.eval.batch_size
     maps, scores = predict_all(method, state, test.images, batch)
     val_maps, val_scores = predict_all(method, state, val.images, batch)
     fpr_limit = fpr_limit or config.eval.fpr_limit
-    computed = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=fpr_limit)
+    computed = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=fpr_limit,
+                               with_curves=save_images)
+    if save_images:
+        _save_images(workdir / "images", computed, test, maps, scores, fpr_limit)
     how, q, k = config.eval.threshold, config.eval.threshold_q, config.eval.threshold_k
     computed |= thresholded(scores, test.labels, val_scores, how, q, k, "image")
     computed |= thresholded(maps, test.masks, val_maps, how, q, k, "pixel")

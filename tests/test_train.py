@@ -72,7 +72,10 @@ def test_finished_run_restores_without_training(reference):
 
 def test_evaluate_writes_a_record(reference, tmp_path):
     cfg, _, workdir = reference
-    record, path = evaluate.evaluate(workdir, tmp_path / "results")
+    record, path = evaluate.evaluate(workdir, tmp_path / "results", save_images=True)
+    pictures = sorted(p.name for p in (workdir / "images").glob("*.png"))
+    assert {"roc.png", "pr.png", "pro.png"} <= set(pictures)
+    assert any(p.startswith("worst_") for p in pictures)
     assert path.is_file() and path.parent == tmp_path / "results"
     m = record["metrics"]
     for key in ("image_auroc", "pixel_auroc", "aupro_0.3", "image_ap", "pixel_ap",
