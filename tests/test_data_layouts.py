@@ -145,6 +145,23 @@ def test_btad(tmp_path):
     assert split.images.shape == (3, S, S, 3)
 
 
+def test_visa(tmp_path):
+    cat = tmp_path / "VisA_pytorch" / "1cls" / "candle"
+    for i in range(2):
+        _save(cat / "train" / "good" / f"{i:04d}.JPG", _rgb(i))
+    _save(cat / "test" / "good" / "0100.JPG", _rgb(3))
+    _save(cat / "test" / "bad" / "0200.JPG", _rgb(4))
+    _save(cat / "ground_truth" / "bad" / "0200.png", _block_mask(255))
+    train = list_samples("visa", cat.parent, "candle", "train")
+    assert [s.image.name for s in train] == ["0000.JPG", "0001.JPG"]
+    test = list_samples("visa", cat.parent, "candle", "test")
+    assert [(s.defect, s.label, s.image.name, s.mask and s.mask.name) for s in test] == [
+        ("bad", 1, "0200.JPG", "0200.png"), ("good", 0, "0100.JPG", None)]
+    (cat / "ground_truth" / "bad" / "0200.png").unlink()
+    with pytest.raises(DataError, match="0200.JPG has no mask file"):
+        list_samples("visa", cat.parent, "candle", "test")
+
+
 def test_plain_folder(tmp_path):
     folder = tmp_path / "penalty"
     _save(folder / "b.JPG", _rgb(1))
@@ -167,9 +184,10 @@ def test_plain_folder(tmp_path):
 
 
 def test_unknown_layout_and_split(mvtec):
-    with pytest.raises(DataError, match="unknown dataset layout 'visa'.*mvtec_ad, mpdd, btad"):
-        list_samples("visa", mvtec, "bottle", "train")
-    assert LAYOUTS == ("mvtec_ad", "mpdd", "btad", "folder")
+    known = "mvtec_ad, mpdd, btad, visa"
+    with pytest.raises(DataError, match=f"unknown dataset layout 'loco'.*{known}"):
+        list_samples("loco", mvtec, "bottle", "train")
+    assert LAYOUTS == ("mvtec_ad", "mpdd", "btad", "visa", "folder")
     with pytest.raises(DataError, match="unknown split 'val'"):
         list_samples("mvtec_ad", mvtec, "bottle", "val")
     with pytest.raises(DataError, match="needs a category"):
@@ -197,7 +215,7 @@ def test_missing_folders(mvtec, tmp_path):
 def test_missing_mask(mvtec):
     gt = mvtec / "bottle" / "ground_truth" / "scratch" / "000_mask.png"
     gt.unlink()
-    with pytest.raises(DataError, match=re.escape(f"(expected {gt})")):
+    with pytest.raises(DataError, match=re.escape(f"(expected {gt} or")):
         list_samples("mvtec_ad", mvtec, "bottle", "test")
     samples = list_samples("mvtec_ad", mvtec, "bottle", "test", allow_missing_masks=True)
     assert samples[-1].mask is None and samples[-1].label == 1

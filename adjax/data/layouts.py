@@ -6,6 +6,8 @@ Supported layouts (see ``LAYOUTS``):
   ``ground_truth/<defect>/<stem>_mask.png``.
 * ``btad``: ``<root>/<product>/train/ok/*``, ``test/{ok,ko}/*`` and masks at
   ``ground_truth/ko/<stem>.{png,bmp,...}`` (BTAD masks carry the image's own stem, no suffix).
+* ``visa``: VisA after its authors' ``prepare_data.py`` (the 1cls split): ``<root>/<category>/
+  train/good/*.JPG``, ``test/{good,bad}/*`` and masks at ``ground_truth/bad/<stem>.png``.
 * ``folder``: a plain folder of normal images, for training only.
 """
 
@@ -15,7 +17,7 @@ import dataclasses
 import os
 import pathlib
 
-LAYOUTS = ("mvtec_ad", "mpdd", "btad", "folder")
+LAYOUTS = ("mvtec_ad", "mpdd", "btad", "visa", "folder")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -25,7 +27,8 @@ _MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 
 _SPLITS = ("train", "test")
 
-_DISPLAY = {"mvtec_ad": "MVTec AD", "mpdd": "MPDD", "btad": "BTAD", "folder": "image folder"}
+_DISPLAY = {"mvtec_ad": "MVTec AD", "mpdd": "MPDD", "btad": "BTAD", "visa": "VisA",
+            "folder": "image folder"}
 
 
 class DataError(ValueError):
@@ -93,74 +96,52 @@ def list_samples(
         raise DataError(f"the {layout!r} layout needs a category (a subfolder of {root})")
     cat_dir = root / category
     _require_dir(cat_dir, f"{name} category folder")
-    if layout == "btad":
-        return _list_btad(cat_dir, split, allow_missing_masks)
-    return _list_mvtec(cat_dir, split, name, allow_missing_masks)
+    return _list_split(cat_dir, split, layout, allow_missing_masks)
 
 
-def _list_mvtec(cat_dir: pathlib.Path, split: str, name: str, allow_missing: bool) -> list[Sample]:
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """How an MVTec-like layout names things."""
+
+    normal: str       # the folder of normal images under train/ and test/
+    mask_suffix: str  # mask file stem = image stem + this
+
+
+_SPECS = {"mvtec_ad": _Spec("good", "_mask"), "mpdd": _Spec("good", "_mask"),
+          "btad": _Spec("ok", ""), "visa": _Spec("good", "")}
+
+
+def _list_split(cat_dir: pathlib.Path, split: str, layout: str,
+                allow_missing: bool) -> list[Sample]:
+    spec, name = _SPECS[layout], _DISPLAY[layout]
     if split == "train":
-        folder = cat_dir / "train" / "good"
+        folder = cat_dir / "train" / spec.normal
         _require_dir(folder, f"{name} category folder")
         return [Sample(p, None, 0, "good") for p in _images_in(folder, name)]
 
     test_dir = cat_dir / "test"
     _require_dir(test_dir, f"{name} category folder")
-    defect_dirs = sorted(d for d in test_dir.iterdir() if d.is_dir() and not _hidden(d))
+    # Normal images are reported as "good" whatever the layout calls them; sorting by that
+    # name keeps the defect-then-file-name order.
+    defect_dirs = sorted((d for d in test_dir.iterdir() if d.is_dir() and not _hidden(d)),
+                         key=lambda d: "good" if d.name == spec.normal else d.name)
     if not defect_dirs:
         raise DataError(f"{name} test folder {test_dir} holds no defect folders")
     samples = []
     for defect_dir in defect_dirs:
-        defect = defect_dir.name
         images = _images_in(defect_dir, name, allow_empty=True)
-        if defect == "good":
+        if defect_dir.name == spec.normal:
             samples.extend(Sample(p, None, 0, "good") for p in images)
             continue
-        gt_dir = cat_dir / "ground_truth" / defect
+        gt_dir = cat_dir / "ground_truth" / defect_dir.name
         masks = _mask_index(gt_dir)
         for image in images:
-            mask = masks.get(f"{image.stem}_mask")
+            mask = masks.get(image.stem + spec.mask_suffix)
             if mask is None and not allow_missing:
-                expected = gt_dir / f"{image.stem}_mask.png"
-                raise DataError(
-                    f"{name} anomalous test image {image} has no mask file (expected {expected})"
-                )
-            samples.append(Sample(image, mask, 1, defect))
-    if not samples:
-        raise DataError(
-            f"{name} test folder {test_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return samples
-
-
-def _list_btad(cat_dir: pathlib.Path, split: str, allow_missing: bool) -> list[Sample]:
-    name = _DISPLAY["btad"]
-    if split == "train":
-        folder = cat_dir / "train" / "ok"
-        _require_dir(folder, f"{name} category folder")
-        return [Sample(p, None, 0, "good") for p in _images_in(folder, name)]
-
-    test_dir = cat_dir / "test"
-    _require_dir(test_dir, f"{name} category folder")
-    ok_dir, ko_dir = test_dir / "ok", test_dir / "ko"
-    if not ok_dir.is_dir() and not ko_dir.is_dir():
-        raise DataError(f"{name} test folder {test_dir} has neither an ok nor a ko folder")
-    samples = []
-    # "good" sorts before "ko", so listing ok first keeps the defect-then-name order.
-    if ok_dir.is_dir():
-        samples.extend(Sample(p, None, 0, "good") for p in _images_in(ok_dir, name, True))
-    if ko_dir.is_dir():
-        gt_dir = cat_dir / "ground_truth" / "ko"
-        masks = _mask_index(gt_dir)
-        for image in _images_in(ko_dir, name, allow_empty=True):
-            mask = masks.get(image.stem)
-            if mask is None and not allow_missing:
-                expected = gt_dir / f"{image.stem}.png"
-                raise DataError(
-                    f"{name} anomalous test image {image} has no mask file (expected {expected} "
-                    f"or the same stem with another image extension)"
-                )
-            samples.append(Sample(image, mask, 1, "ko"))
+                expected = gt_dir / f"{image.stem}{spec.mask_suffix}.png"
+                raise DataError(f"{name} anomalous test image {image} has no mask file "
+                                f"(expected {expected} or another image extension)")
+            samples.append(Sample(image, mask, 1, defect_dir.name))
     if not samples:
         raise DataError(
             f"{name} test folder {test_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
