@@ -21,6 +21,9 @@ commands:
                adjax train --config=configs/efficientad.py:quick --workdir=runs/q
   eval         score a trained run's test split and write a results record
                adjax eval --workdir=runs/q
+  tables       render tables from stored results records (adjax runs and published numbers)
+               adjax tables --source=all --dataset=mvtec_ad
+               adjax tables --list;  adjax tables --table=6.3 --publication=Mishra
 
 `adjax <command> --help` lists a command's flags.
 """
@@ -95,6 +98,26 @@ def _eval() -> None:
         print(f"adjax: pictures in {pathlib.Path(FLAGS.workdir) / 'images'}")
 
 
+def _tables() -> None:
+    from adjax import results, tables
+
+    records = results.read_all(FLAGS.results)
+    if FLAGS.list:
+        for source, table, caption in tables.list_tables(records):
+            print(f"{table}\t{source}\t{caption}")
+        return
+    if FLAGS.table:
+        print(tables.thesis_table(records, FLAGS.table, source=FLAGS.publication,
+                                  fmt=FLAGS.format))
+        return
+    if FLAGS.method:
+        records = [r for r in records if r["method"] == FLAGS.method]
+    if FLAGS.dataset:
+        records = [r for r in records if r["dataset"] == FLAGS.dataset]
+    print(tables.render(records, fmt=FLAGS.format, source=FLAGS.source,
+                        metric_names=FLAGS.metrics or None))
+
+
 def _define(command: str) -> Callable[[], None]:
     if command == "data":
         flags.DEFINE_string("out", None, "Folder to write the data set to.", required=True)
@@ -120,6 +143,20 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_bool("save_images", False, "Draw ROC/PR/PRO curves and overlays of the "
                           "worst and best test images as PNG into <workdir>/images.")
         return _eval
+    if command == "tables":
+        flags.DEFINE_string("results", "results", "Folder of results records (searched "
+                            "recursively).")
+        flags.DEFINE_enum("format", "md", ["md", "latex", "csv"], "Output format.")
+        flags.DEFINE_enum("source", "adjax", ["adjax", "paper", "all"],
+                          "adjax runs, published numbers, or both side by side.")
+        flags.DEFINE_list("metrics", [], "Metric columns (default: all present).")
+        flags.DEFINE_string("method", None, "Only this method.")
+        flags.DEFINE_string("dataset", None, "Only this data set.")
+        flags.DEFINE_string("table", None, "Rebuild one published table by its id (see --list).")
+        flags.DEFINE_string("publication", None, "With --table: part of the citation that "
+                            "picks the publication.")
+        flags.DEFINE_bool("list", False, "List the published tables that can be rebuilt.")
+        return _tables
     raise KeyError(command)
 
 

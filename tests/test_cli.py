@@ -51,9 +51,18 @@ def test_no_arguments_prints_the_usage(tmp_path):
     assert "Traceback" not in proc.stderr
     usage = proc.stdout + proc.stderr
     assert "usage: adjax" in usage
-    assert _usage_commands(usage) == ["data synth", "train", "eval"]
+    assert _usage_commands(usage) == ["data synth", "train", "eval", "tables"]
     assert "bench" not in usage
-    assert "tables" not in usage
+
+
+def test_tables_rebuilds_a_published_table(tmp_path):
+    proc = _adjax("tables", "--table=5.5", "--publication=Khanjani", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Table 5.5: Performance metrics with varying training sizes" in proc.stdout
+    assert "| 2259 | 1499 | 97.85 | 92.03 |" in proc.stdout
+    proc = _adjax("tables", "--source=all", "--format=csv", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("method,")
 
 
 def test_unknown_command(tmp_path):
@@ -64,7 +73,7 @@ def test_unknown_command(tmp_path):
     assert "'frob'" in first
     assert "unknown command" in first
     # Anything after the error line is the usage, as a reminder of the valid commands.
-    assert not rest.strip() or _usage_commands(rest) == ["data synth", "train", "eval"]
+    assert not rest.strip() or _usage_commands(rest) == ["data synth", "train", "eval", "tables"]
 
 
 def test_train_with_an_unknown_config_key(tmp_path):
