@@ -102,6 +102,12 @@ def _tables() -> None:
     from adjax import results, tables
 
     records = results.read_all(FLAGS.results)
+    if FLAGS.update:
+        for name in FLAGS.update:
+            path = pathlib.Path(name)
+            path.write_text(tables.update_blocks(path.read_text(), records))
+            print(f"adjax: regenerated the tables in {path}")
+        return
     if FLAGS.list:
         for source, table, caption in tables.list_tables(records):
             print(f"{table}\t{source}\t{caption}")
@@ -156,6 +162,8 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("publication", None, "With --table: part of the citation that "
                             "picks the publication.")
         flags.DEFINE_bool("list", False, "List the published tables that can be rebuilt.")
+        flags.DEFINE_list("update", [], "Markdown files whose `<!-- adjax tables ... -->` "
+                          "blocks to regenerate (e.g. README.md).")
         return _tables
     raise KeyError(command)
 

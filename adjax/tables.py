@@ -363,3 +363,27 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, *, n_t
     if caption:
         lines.append(r"\end{table}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ README blocks
+
+# A generated block in a Markdown file: the marker names the `adjax tables` flags it was made
+# with, and everything up to the end marker is the output.
+_BLOCK = re.compile(
+    r"(<!-- adjax tables (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- end tables -->)", re.DOTALL)
+
+
+def _block_table(records: Sequence[dict[str, Any]], args: str) -> str:
+    opts = dict(arg.lstrip("-").split("=", 1) for arg in args.split())
+    chosen = [r for r in records
+              if all(r.get(key) == opts[key] for key in ("method", "dataset") if key in opts)]
+    metric_names = opts["metrics"].split(",") if "metrics" in opts else None
+    return render(chosen, fmt="md", source=opts.get("source", "adjax"),
+                  metric_names=metric_names)
+
+
+def update_blocks(text: str, records: Sequence[dict[str, Any]]) -> str:
+    """Regenerates every `<!-- adjax tables --flag=value ... -->` ... `<!-- end tables -->`
+    block of a Markdown text from `records` (flags: source, method, dataset, metrics)."""
+    return _BLOCK.sub(lambda m: m.group(1) + _block_table(records, m.group("args")) + "\n"
+                      + m.group(4), text)
