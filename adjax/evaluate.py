@@ -43,8 +43,9 @@ def restore(workdir: str | pathlib.Path, method: methods.Method,
                 f"training in {workdir} is not finished (last checkpoint: step {step} of "
                 f"{config.train.steps}); run `adjax train` with the same work directory first.")
         size = config.data.image_size
-        images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8)
-        like = jax.eval_shape(method.init, jax.random.key(0), {"image": images})
+        train = {"image": jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8),
+                 "label": jax.ShapeDtypeStruct((1,), jnp.int32)}
+        like = jax.eval_shape(method.init, jax.random.key(0), train)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             like)

@@ -3,11 +3,13 @@
 A method is a small frozen object built from its config, with pure functions only:
 
 - `init(rng, train) -> State`: `train` is the whole training split as a batch dict
-  (`{"image": uint8 [N, H, W, 3]}`, on the device); methods take shapes and any statistics they
-  need before training (e.g. EfficientAD's teacher channel mean/std) from it.
+  (`{"image": uint8 [N, H, W, 3], "label": int32 [N]}`, on the device; labels are all 0 under
+  the one-class protocol); methods take shapes and any statistics they need before training
+  (e.g. EfficientAD's teacher channel mean/std) from it.
 - `calibrate(state, val) -> State`: statistics on held-out normal images (e.g. map quantiles).
 - `train_step(state, batch, rng) -> (state, metrics)`: one optimisation step; jitted, scanned
-  and sharded by `adjax.train`. The trainer advances `state.step`.
+  and sharded by `adjax.train`. `batch` holds "image" and "label" drawn together from the
+  training split, plus one entry per extra pool. The trainer advances `state.step`.
 - `predict(state, images) -> Prediction`: anomaly maps at input size and image scores.
 - `extra_pools() -> dict[str, np.ndarray]`: further uint8 image sets the trainer keeps on the
   device and samples `batch[name]` from at each step (e.g. penalty images); usually empty.
