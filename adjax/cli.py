@@ -21,6 +21,8 @@ commands:
                adjax train --config=configs/efficientad.py:quick --workdir=runs/q
   eval         score a trained run's test split and write a results record
                adjax eval --workdir=runs/q
+  bench        time training and inference of a config; write a `bench` results record
+               adjax bench --config=configs/efficientad.py:s --precision=fp32,bf16
   tables       render tables from stored results records (adjax runs and published numbers)
                adjax tables --source=all --dataset=mvtec_ad
                adjax tables --list;  adjax tables --table=6.3 --publication=Mishra
@@ -98,6 +100,22 @@ def _eval() -> None:
         print(f"adjax: pictures in {pathlib.Path(FLAGS.workdir) / 'images'}")
 
 
+def _bench() -> None:
+    from adjax import bench
+
+    kwargs = dict(batch_sizes=[int(b) for b in FLAGS.batch_sizes], precisions=FLAGS.precision,
+                  repeats=FLAGS.repeats, results_dir=FLAGS.results_dir)
+    for record in bench.run(FLAGS.config, train_chunk=FLAGS.train_chunk, **kwargs):
+        print(bench.format_summary(record))
+    if FLAGS.peer:
+        try:
+            peers = bench.run_peer(FLAGS.config, peer=FLAGS.peer, **kwargs)
+        except ImportError as err:
+            _fail("bench", f"{err} (or install adjax's `peers` extra).")
+        for record in peers:
+            print(bench.format_summary(record))
+
+
 def _tables() -> None:
     from adjax import results, tables
 
@@ -120,6 +138,9 @@ def _tables() -> None:
         records = [r for r in records if r["method"] == FLAGS.method]
     if FLAGS.dataset:
         records = [r for r in records if r["dataset"] == FLAGS.dataset]
+    if FLAGS.kind == "bench":
+        print(tables.speed_table(records, fmt=FLAGS.format))
+        return
     print(tables.render(records, fmt=FLAGS.format, source=FLAGS.source,
                         metric_names=FLAGS.metrics or None))
 
@@ -149,6 +170,20 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_bool("save_images", False, "Draw ROC/PR/PRO curves and overlays of the "
                           "worst and best test images as PNG into <workdir>/images.")
         return _eval
+    if command == "bench":
+        from ml_collections import config_flags
+
+        config_flags.DEFINE_config_file("config", None, "Config file and variant, F.py:V.",
+                                        lock_config=True)
+        flags.mark_flag_as_required("config")
+        flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Inference batch sizes.")
+        flags.DEFINE_list("precision", ["fp32"], "Precisions: fp32 (no TF32) and/or bf16.")
+        flags.DEFINE_integer("train_chunk", None, "Training steps per compiled call "
+                             "(default: config.train.steps_per_call).")
+        flags.DEFINE_integer("repeats", 10, "Timed calls per measurement.")
+        flags.DEFINE_string("results_dir", "results/bench", "Where to write the records.")
+        flags.DEFINE_string("peer", None, "Also time a peer implementation: anomalib.")
+        return _bench
     if command == "tables":
         flags.DEFINE_string("results", "results", "Folder of results records (searched "
                             "recursively).")
@@ -156,6 +191,8 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_enum("source", "adjax", ["adjax", "paper", "all"],
                           "adjax runs, published numbers, or both side by side.")
         flags.DEFINE_list("metrics", [], "Metric columns (default: all present).")
+        flags.DEFINE_enum("kind", "metrics", ["metrics", "bench"],
+                          "Accuracy tables, or the speed table of the bench records.")
         flags.DEFINE_string("method", None, "Only this method.")
         flags.DEFINE_string("dataset", None, "Only this data set.")
         flags.DEFINE_string("table", None, "Rebuild one published table by its id (see --list).")

@@ -247,6 +247,46 @@ def _side_by_side(ours: list[_Series], theirs: list[_Series], names: Sequence[st
     return _emit(header, rows, fmt, n_text=5, mean_rows=means)
 
 
+# ------------------------------------------------------------------------------ speed tables
+
+# (column header, bench field, format) of a speed table.
+_SPEED_COLUMNS = (
+    ("train img/s", "train_images_per_s", "{:.1f}"),
+    ("train batch", "train_batch", "{}"),
+    ("latency b1 (ms)", "latency_ms_b1", "{:.2f}"),
+    ("p90 (ms)", "latency_ms_b1_p90", "{:.2f}"),
+    ("img/s", "images_per_s", "{:.1f}"),
+    ("at batch", "batch", "{}"),
+    ("GFLOP/img", "gflops_per_image", "{:.2f}"),
+    ("params (M)", "params", "{:.3f}"),
+    ("compile (s)", "compile_s", "{:.1f}"),
+)
+
+
+def speed_table(records: Sequence[dict[str, Any]], *, fmt: str = "md") -> str:
+    """The `bench` records as one row each: method, precision, device and the measured rates
+    (training images/s, batch-1 latency host -> device -> host, best inference images/s, ...)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt {fmt!r} is not one of {', '.join(FORMATS)}.")
+    header = ["method", "variant", "source", "device", "precision", "image size",
+              *(c[0] for c in _SPEED_COLUMNS)]
+    rows = []
+    for r in sorted((r for r in records if r["kind"] == "bench"),
+                    key=lambda r: (r["method"], r["variant"], r["env"].get("device_kind", ""),
+                                   r["bench"].get("precision", ""), r["source"])):
+        b, env = r["bench"], r["env"]
+        device = f"{env.get('device_count', '?')} x {env.get('device_kind', '?')}"
+        cells = []
+        for _, name, form in _SPEED_COLUMNS:
+            value = b.get(name)
+            if name == "params" and value is not None:
+                value = value / 1e6
+            cells.append(MISSING if value is None else form.format(value))
+        rows.append([r["method"], r["variant"], r["source"], device, b.get("precision", "?"),
+                     str(r["image_size"]), *cells])
+    return _emit(header, rows, fmt, n_text=6)
+
+
 # ------------------------------------------------------------------------------ thesis tables
 
 
@@ -377,6 +417,8 @@ def _block_table(records: Sequence[dict[str, Any]], args: str) -> str:
     opts = dict(arg.lstrip("-").split("=", 1) for arg in args.split())
     chosen = [r for r in records
               if all(r.get(key) == opts[key] for key in ("method", "dataset") if key in opts)]
+    if opts.get("kind") == "bench":
+        return speed_table(chosen)
     metric_names = opts["metrics"].split(",") if "metrics" in opts else None
     return render(chosen, fmt="md", source=opts.get("source", "adjax"),
                   metric_names=metric_names)
@@ -384,6 +426,7 @@ def _block_table(records: Sequence[dict[str, Any]], args: str) -> str:
 
 def update_blocks(text: str, records: Sequence[dict[str, Any]]) -> str:
     """Regenerates every `<!-- adjax tables --flag=value ... -->` ... `<!-- end tables -->`
-    block of a Markdown text from `records` (flags: source, method, dataset, metrics)."""
+    block of a Markdown text from `records` (flags: source, method, dataset, metrics, and
+    kind=bench for a speed table)."""
     return _BLOCK.sub(lambda m: m.group(1) + _block_table(records, m.group("args")) + "\n"
                       + m.group(4), text)
