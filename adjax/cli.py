@@ -111,7 +111,7 @@ def _bench() -> None:
         try:
             peers = bench.run_peer(FLAGS.config, peer=FLAGS.peer, **kwargs)
         except ImportError as err:
-            _fail("bench", f"{err} (or install adjax's `peers` extra).")
+            _fail("bench", f"{err} (or pip install \"adjax[peers]\").")
         for record in peers:
             print(bench.format_summary(record))
 
