@@ -25,14 +25,26 @@ def _load(cfg: ml_collections.ConfigDict, split: str) -> Split:
 
 def train_and_validation(cfg: ml_collections.ConfigDict, seed: int) -> tuple[Split, Split]:
     """The normal training images, with `cfg.val_fraction` of them held out for calibration."""
+    if cfg.layout == "labelled":  # one-class / imbalanced protocols over labelled image sets
+        from adjax.data import labelled
+
+        return labelled.train_and_validation(cfg, seed)
     return split_validation(_load(cfg, "train"), cfg.val_fraction, seed)
 
 
 def test(cfg: ml_collections.ConfigDict) -> Split:
     """The test split with labels, masks and defect types."""
+    if cfg.layout == "labelled":
+        from adjax.data import labelled
+
+        return labelled.test(cfg)
     return _load(cfg, "test")
 
 
 def dataset_name(cfg: ml_collections.ConfigDict) -> str:
     """The data set's name in results records: config.data.name, else the layout."""
+    if cfg.layout == "labelled":
+        from adjax.data import labelled
+
+        return labelled.canonical_name(cfg.name)
     return cfg.name or cfg.layout

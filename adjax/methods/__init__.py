@@ -51,8 +51,23 @@ def _efficientad(config):
     return EfficientAD(config)
 
 
+def _capsnet(config):
+    from adjax.methods.capsnet import CapsNet
+
+    return CapsNet(config)
+
+
+def _piade(config):
+    from adjax.methods.piade import PIADE
+
+    return PIADE(config)
+
+
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "efficientad": _efficientad,
+    "capsnet": _capsnet,
+    "piade": _piade,
+    "pyramidal_ae": _piade,  # the same method file; config.method picks the network
 }
 
 

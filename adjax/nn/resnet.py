@@ -1,0 +1,169 @@
+"""ResNet-18/34/50 trunks (torchvision layout) with optional squeeze-and-excitation, NHWC.
+
+The trunk is torchvision's `conv1, bn1, relu, maxpool, layer1..layer4` without the average
+pool and classifier. Module names follow torchvision's state-dict keys (`conv1`, `bn1`,
+`layer2_0/conv1`, `layer2_0/downsample_conv`, ...), so ImageNet weights import with
+`resnet_params_from_torch`. Squeeze-and-excitation, when `se_ratio > 0`, re-weights the channels
+after the stem and after each of the four stages (`se1`..`se5`), as PIADE does (Mishra 2021,
+ch. 5; eq. 5.1-5.2: s = sigmoid(W2 relu(W1 mean_hw(u))), W1 in R^{C/r x C}, no biases); those
+layers are not in torchvision's weights and keep their initialisation.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adjax.nn.vgg import assign, conv_kernel
+
+# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for the trunk's convs.
+kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+          50: ("bottleneck", (3, 4, 6, 3))}
+
+
+def batch_norm(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults (momentum 0.1 of the new batch, eps 1e-5)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                        name=name)
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+    pad = (kernel - 1) // 2
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+                   use_bias=False, kernel_init=kaiming_fan_out, dtype=dtype, name=name)
+
+
+def _conv_bn(x, features, kernel, stride, i, train, dtype):
+    # Called inside a block's compact __call__: the modules attach to that block.
+    y = _conv(features, kernel, stride, f"conv{i}", dtype)(x)
+    return batch_norm(train, f"bn{i}", dtype)(y)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: x * sigmoid(W2 relu(W1 mean_hw(x))), hidden width C // ratio."""
+
+    ratio: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        s = jnp.mean(x, axis=(1, 2))
+        s = nn.relu(nn.Dense(max(c // self.ratio, 1), use_bias=False, dtype=x.dtype,
+                             name="fc1")(s))
+        s = nn.sigmoid(nn.Dense(c, use_bias=False, dtype=x.dtype, name="fc2")(s))
+        return x * s[:, None, None, :]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual (ResNet-18/34)."""
+
+    features: int
+    stride: int = 1
+    dtype: Any = None
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        y = nn.relu(_conv_bn(x, self.features, 3, self.stride, 1, train, self.dtype))
+        y = _conv_bn(y, self.features, 3, 1, 2, train, self.dtype)
+        return nn.relu(y + _shortcut(x, self.features, self.stride, train, self.dtype))
+
+
+class Bottleneck(nn.Module):
+    """1x1, 3x3 (strided, torchvision v1.5), 1x1 x4 convs with a residual (ResNet-50)."""
+
+    features: int
+    stride: int = 1
+    dtype: Any = None
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        y = nn.relu(_conv_bn(x, self.features, 1, 1, 1, train, self.dtype))
+        y = nn.relu(_conv_bn(y, self.features, 3, self.stride, 2, train, self.dtype))
+        y = _conv_bn(y, self.features * 4, 1, 1, 3, train, self.dtype)
+        return nn.relu(y + _shortcut(x, self.features * 4, self.stride, train, self.dtype))
+
+
+def _shortcut(x, features, stride, train, dtype):
+    # Called inside a block's compact __call__: the modules attach to that block.
+    if stride == 1 and x.shape[-1] == features:
+        return x
+    y = _conv(features, 1, stride, "downsample_conv", dtype)(x)
+    return batch_norm(train, "downsample_bn", dtype)(y)
+
+
+class ResNet(nn.Module):
+    """A ResNet trunk: the feature map after layer4 ([B, ~H/32, ~W/32, 512 or 2048]).
+
+    Attributes:
+      depth: 18, 34 or 50.
+      width: multiplier of the stage widths 64/128/256/512 (1.0 = torchvision).
+      se_ratio: squeeze-and-excitation reduction ratio after stem and stages; 0 = none.
+      maxpool: keep the stem's 3x3/2 max-pool (the pyramidal AE of ch. 4 removes it).
+      dtype: computation dtype.
+    """
+
+    depth: int = 18
+    width: float = 1.0
+    se_ratio: int = 0
+    maxpool: bool = True
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.depth not in STAGES:
+            raise ValueError(f"ResNet depth must be one of {sorted(STAGES)}, got {self.depth}.")
+        kind, blocks = STAGES[self.depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        base = max(int(round(64 * self.width)), 1)
+        x = _conv(base, 7, 2, "conv1", self.dtype)(x)
+        x = nn.relu(batch_norm(train, "bn1", self.dtype)(x))
+        if self.maxpool:
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        if self.se_ratio:
+            x = SqueezeExcite(self.se_ratio, name="se1")(x)
+        for stage, n in enumerate(blocks):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                x = block(base * 2**stage, stride, self.dtype,
+                          name=f"layer{stage + 1}_{i}")(x, train)
+            if self.se_ratio:
+                x = SqueezeExcite(self.se_ratio, name=f"se{stage + 2}")(x)
+        return x
+
+
+def resnet_params_from_torch(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
+    """Flax variables of `ResNet` (shaped as `like`: {"params", "batch_stats"}) with every
+    entry of a torchvision ResNet state dict copied in; `fc.*` is ignored and the SE layers keep
+    their values from `like`. A missing counterpart or a shape mismatch raises ValueError."""
+    params, stats = _mutable(like["params"]), _mutable(like["batch_stats"])  # may be tracers
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if parts[0] == "fc" or parts[-1] == "num_batches_tracked":
+            continue
+        if parts[0].startswith("layer"):
+            parts = [f"{parts[0]}_{parts[1]}", *parts[2:]]
+            if parts[1] == "downsample":
+                parts = [parts[0], "downsample_" + ("conv" if parts[2] == "0" else "bn"),
+                         *parts[3:]]
+        *module, leaf = parts
+        value = np.asarray(value)
+        if leaf == "weight" and value.ndim == 4:
+            assign(params, (*module, "kernel"), conv_kernel(value), key)
+        elif leaf in ("weight", "bias"):
+            assign(params, (*module, "scale" if leaf == "weight" else "bias"), value, key)
+        elif leaf in ("running_mean", "running_var"):
+            assign(stats, (*module, "mean" if leaf == "running_mean" else "var"), value, key)
+        else:
+            raise ValueError(f"state-dict entry {key} is not a ResNet parameter.")
+    return {"params": params, "batch_stats": stats}
+
+
+def _mutable(tree):
+    return {k: _mutable(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree

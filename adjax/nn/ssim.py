@@ -1,0 +1,101 @@
+"""Structural similarity (SSIM; Wang, Bovik, Sheikh, Simoncelli 2004) with a Gaussian window,
+and the separable Gaussian filter it is built on.
+
+Images are NHWC floats. Two border conventions are in use in the reference code:
+
+- ``padding="valid"``: only windows that lie inside the image. Its mean equals scikit-image's
+  ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``,
+  which filters with reflected borders and then crops the window radius before averaging.
+- ``padding="zeros"``: a same-size map from zero-padded windows, borders included in the mean;
+  what the ``pytorch_ssim`` package (used by VT-ADL and PIADE) computes.
+
+The Gaussian kernel is scipy.ndimage's: radius ``int(truncate * sigma + 0.5)``, normalised to a
+sum of one (radius 5 for sigma 1.5: the usual 11 x 11 window).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_PADDINGS = ("valid", "zeros")
+_FILTER_MODES = ("valid", "constant", "symmetric")
+
+
+def gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
+    """The normalised 1-D Gaussian of standard deviation `sigma` on [-radius, radius]."""
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return (w / w.sum()).astype(np.float32)
+
+
+def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0,
+                    mode: str = "symmetric") -> np.ndarray:
+    """[n_out, n] weights that Gaussian-filter a length-n signal along one axis.
+
+    `mode` as `gaussian_filter`; n_out is n, or n - 2 * radius for "valid".
+    """
+    if mode not in _FILTER_MODES:
+        raise ValueError(f"mode must be one of {_FILTER_MODES}, got {mode!r}.")
+    radius = int(truncate * sigma + 0.5)
+    w = gaussian_kernel(sigma, radius)
+    centres = np.arange(radius, n - radius) if mode == "valid" else np.arange(n)
+    m = np.zeros((len(centres), n), np.float32)
+    for t, wt in zip(range(-radius, radius + 1), w, strict=True):
+        src = centres + t
+        if mode == "symmetric":  # d c b a | a b c d | d c b a, repeated as far as needed
+            src = np.mod(src, 2 * n)
+            src = np.where(src >= n, 2 * n - 1 - src, src)
+        keep = (src >= 0) & (src < n)
+        np.add.at(m, (np.nonzero(keep)[0], src[keep]), wt)
+    return m
+
+
+def gaussian_filter(x: jax.Array, sigma: float, *, truncate: float = 4.0,
+                    mode: str = "symmetric") -> jax.Array:
+    """Separable Gaussian blur of NHWC `x` over H and W, each channel on its own.
+
+    Args:
+      x: [B, H, W, C] float array.
+      sigma: standard deviation in pixels.
+      truncate: the kernel radius is ``int(truncate * sigma + 0.5)`` (scipy.ndimage's rule).
+      mode: "symmetric" (edge-mirrored, scipy.ndimage's "reflect" and its default), "constant"
+        (zeros outside the image), or "valid" (no padding: the output shrinks by the radius on
+        every side).
+
+    Each axis is one matrix product with a banded matrix: on CPU several times faster, forward
+    and backward, than a depthwise convolution or a sum of shifted slices, and exact.
+    """
+    mh = jnp.asarray(gaussian_matrix(x.shape[1], sigma, truncate, mode), x.dtype)
+    mw = jnp.asarray(gaussian_matrix(x.shape[2], sigma, truncate, mode), x.dtype)
+    hi = jax.lax.Precision.HIGHEST
+    x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=hi)
+    return jnp.einsum("pw,bowc->bopc", mw, x, precision=hi)
+
+
+def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, sigma: float = 1.5,
+             truncate: float = 3.5, k1: float = 0.01, k2: float = 0.03,
+             padding: str = "valid") -> jax.Array:
+    """The local SSIM of NHWC images `x` and `y`, per pixel and channel.
+
+    Local means, variances and the covariance are Gaussian-weighted (population, not sample,
+    statistics); c1 = (k1 * data_range)^2, c2 = (k2 * data_range)^2. `padding` is "valid"
+    ([B, H - 2r, W - 2r, C]) or "zeros" ([B, H, W, C]); see the module docstring.
+    """
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}.")
+    x = x.astype(jnp.float32)
+    y = y.astype(jnp.float32)
+    mode = "valid" if padding == "valid" else "constant"
+    # One filter call for the five moments, stacked on the channel axis (not the batch axis,
+    # which data parallelism shards).
+    moments = gaussian_filter(jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1), sigma,
+                              truncate=truncate, mode=mode)
+    mx, my, mxx, myy, mxy = jnp.split(moments, 5, axis=-1)
+    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def ssim(x: jax.Array, y: jax.Array, **kwargs) -> jax.Array:
+    """Mean SSIM per image, [B]; keyword arguments as `ssim_map`."""
+    return jnp.mean(ssim_map(x, y, **kwargs), axis=(1, 2, 3))
