@@ -58,16 +58,18 @@ def test_ssim_of_an_image_with_itself_is_one_and_differentiable():
 @pytest.mark.parametrize(("mode", "scipy_mode"), [("symmetric", "reflect"),
                                                   ("constant", "constant")])
 @pytest.mark.parametrize("size", [(20, 23), (6, 5)])  # the second is smaller than the kernel
-def test_gaussian_filter_matches_scipy(mode, scipy_mode, size):
+@pytest.mark.parametrize("impl", ["matmul", "conv"])
+def test_gaussian_filter_matches_scipy(mode, scipy_mode, size, impl):
     x = np.random.default_rng(3).random((2, *size, 2)).astype(np.float32)
-    ours = gaussian_filter(jnp.asarray(x), 4.0, mode=mode)
+    ours = gaussian_filter(jnp.asarray(x), 4.0, mode=mode, impl=impl)
     ref = ndimage.gaussian_filter(x.astype(np.float64), (0, 4, 4, 0), mode=scipy_mode)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_valid_filter_is_the_interior():
+@pytest.mark.parametrize("impl", ["matmul", "conv"])
+def test_valid_filter_is_the_interior(impl):
     x = np.random.default_rng(4).random((1, 30, 26, 1)).astype(np.float32)
-    valid = gaussian_filter(jnp.asarray(x), 1.5, truncate=3.5, mode="valid")
-    full = gaussian_filter(jnp.asarray(x), 1.5, truncate=3.5, mode="constant")
+    valid = gaussian_filter(jnp.asarray(x), 1.5, truncate=3.5, mode="valid", impl=impl)
+    full = gaussian_filter(jnp.asarray(x), 1.5, truncate=3.5, mode="constant", impl=impl)
     assert valid.shape == (1, 20, 16, 1)
     np.testing.assert_allclose(valid, full[:, 5:-5, 5:-5], rtol=1e-6, atol=1e-7)

@@ -63,11 +63,18 @@ def _piade(config):
     return PIADE(config)
 
 
+def _vtadl(config):
+    from adjax.methods.vtadl import VTADL
+
+    return VTADL(config)
+
+
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "efficientad": _efficientad,
     "capsnet": _capsnet,
     "piade": _piade,
     "pyramidal_ae": _piade,  # the same method file; config.method picks the network
+    "vtadl": _vtadl,
 }
 
 

@@ -51,7 +51,7 @@ def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0,
 
 
 def gaussian_filter(x: jax.Array, sigma: float, *, truncate: float = 4.0,
-                    mode: str = "symmetric") -> jax.Array:
+                    mode: str = "symmetric", impl: str | None = None) -> jax.Array:
     """Separable Gaussian blur of NHWC `x` over H and W, each channel on its own.
 
     Args:
@@ -61,15 +61,35 @@ def gaussian_filter(x: jax.Array, sigma: float, *, truncate: float = 4.0,
       mode: "symmetric" (edge-mirrored, scipy.ndimage's "reflect" and its default), "constant"
         (zeros outside the image), or "valid" (no padding: the output shrinks by the radius on
         every side).
-
-    Each axis is one matrix product with a banded matrix: on CPU several times faster, forward
-    and backward, than a depthwise convolution or a sum of shifted slices, and exact.
+      impl: "conv", two depthwise 1-D convolutions (the fewest FLOPs; the fast choice on GPU
+        and TPU), or "matmul", one product with a banded [n_out, n] matrix per axis (on CPU
+        about ten times faster than XLA's depthwise convolution, forward and backward). None
+        picks "matmul" on CPU and "conv" elsewhere. Both are exact.
     """
-    mh = jnp.asarray(gaussian_matrix(x.shape[1], sigma, truncate, mode), x.dtype)
-    mw = jnp.asarray(gaussian_matrix(x.shape[2], sigma, truncate, mode), x.dtype)
+    impl = impl or ("matmul" if jax.default_backend() == "cpu" else "conv")
     hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=hi)
-    return jnp.einsum("pw,bowc->bopc", mw, x, precision=hi)
+    if impl == "matmul":
+        mh = jnp.asarray(gaussian_matrix(x.shape[1], sigma, truncate, mode), x.dtype)
+        mw = jnp.asarray(gaussian_matrix(x.shape[2], sigma, truncate, mode), x.dtype)
+        x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=hi)
+        return jnp.einsum("pw,bowc->bopc", mw, x, precision=hi)
+    if impl != "conv":
+        raise ValueError(f"impl must be 'conv' or 'matmul', got {impl!r}.")
+    if mode not in _FILTER_MODES:
+        raise ValueError(f"mode must be one of {_FILTER_MODES}, got {mode!r}.")
+    radius = int(truncate * sigma + 0.5)
+    kernel = jnp.asarray(gaussian_kernel(sigma, radius), x.dtype)
+    channels = x.shape[-1]
+    if mode != "valid":
+        pad = ((0, 0), (radius, radius), (radius, radius), (0, 0))
+        x = jnp.pad(x, pad, mode="symmetric") if mode == "symmetric" else jnp.pad(x, pad)
+    for shape in ((-1, 1, 1, 1), (1, -1, 1, 1)):  # H, then W; HWIO with I = 1 per group
+        k = kernel.reshape(shape)
+        x = jax.lax.conv_general_dilated(
+            x, jnp.broadcast_to(k, (*k.shape[:3], channels)), (1, 1), "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+            precision=hi)
+    return x
 
 
 def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, sigma: float = 1.5,
