@@ -11,6 +11,11 @@ import ml_collections
 SYNTH_ROOT = "data/synth"
 
 
+def base_config(method: str, variant: str, seed: int = 42) -> ml_collections.ConfigDict:
+    """The keys every config starts with: the method's registry name, the variant, the seed."""
+    return ml_collections.ConfigDict(dict(method=method, variant=variant, seed=seed))
+
+
 def data_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.data` block: which data set, where, and how it is prepared.
 

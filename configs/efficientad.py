@@ -25,10 +25,7 @@ from adjax import config as common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """EfficientAD config; `arg` is one of s, m, quick."""
     variant = common.parse_variant(arg, ("s", "m", "quick"), default="s")
-    cfg = ml_collections.ConfigDict()
-    cfg.method = "efficientad"
-    cfg.variant = variant
-    cfg.seed = 42
+    cfg = common.base_config("efficientad", variant)
     cfg.data = common.data_config()
     cfg.model = ml_collections.ConfigDict(
         dict(

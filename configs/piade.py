@@ -60,10 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """PIADE config; `arg` is one of mvtec, code, cifar10, coil100, quick."""
     variant = common.parse_variant(arg, ("mvtec", "code", "cifar10", "coil100", "quick"),
                                    default="mvtec")
-    cfg = ml_collections.ConfigDict()
-    cfg.method = "piade"
-    cfg.variant = variant
-    cfg.seed = 42
+    cfg = common.base_config("piade", variant)
     cfg.data = common.data_config(image_size=120)
     cfg.model = ml_collections.ConfigDict(dict(
         depth=18,                  # SE-ResNet depth: 18 (thesis) or 50 (code)

@@ -47,10 +47,7 @@ from adjax.data.labelled import data_config
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Pyramidal auto-encoder config; `arg` is one of mvtec, mnist, fmnist, quick."""
     variant = common.parse_variant(arg, ("mvtec", "mnist", "fmnist", "quick"), default="mvtec")
-    cfg = ml_collections.ConfigDict()
-    cfg.method = "pyramidal_ae"
-    cfg.variant = variant
-    cfg.seed = 42
+    cfg = common.base_config("pyramidal_ae", variant)
     cfg.data = common.data_config(image_size=120)
     cfg.model = ml_collections.ConfigDict(dict(
         depth=18,                  # ResNet depth (no max-pool)

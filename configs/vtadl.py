@@ -43,10 +43,7 @@ from adjax import config as common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """VT-ADL config; `arg` is one of paper, code, quick."""
     variant = common.parse_variant(arg, ("paper", "code", "quick"), default="paper")
-    cfg = ml_collections.ConfigDict()
-    cfg.method = "vtadl"
-    cfg.variant = variant
-    cfg.seed = 42
+    cfg = common.base_config("vtadl", variant)
     cfg.data = common.data_config(image_size=512)  # BTAD: "scaled to 512"
     cfg.model = ml_collections.ConfigDict(
         dict(
