@@ -1,14 +1,31 @@
-"""Helpers shared by the method configs in `configs/`.
+"""Helpers shared by the method configs in `configs/`, and the checks every config passes.
 
 A config file defines `get_config(arg)`; `arg` is the text after the colon in
-`--config=configs/x.py:arg` and names a variant. Every method has at least a `quick` variant that
-trains on the embedded data (`adjax data synth`) on a CPU in about a minute.
+`--config=configs/x.py:arg` and names a variant. Every method has a `quick` variant that trains
+on the embedded data set on a CPU in a few minutes (each config's docstring gives the measured
+time). `validate(config)` checks the blocks the trainer and the evaluator read before any work
+is done, so that a bad value stops with one sentence naming its key.
 """
+
+import math
+import pathlib
 
 import ml_collections
 
-# Where `adjax data synth --out data/synth` writes the embedded data set (the quick configs' root).
+# `config.data.root` of the quick configs: the embedded synthetic data set, written to the cache
+# on first use (`adjax.data.synthetic.embedded_root`); `adjax data synth --out DIR` writes the
+# same images where a user wants to look at them.
+EMBEDDED = "embedded"
+# The folder `adjax data synth --out data/synth` writes (the quick configs' root until they use
+# EMBEDDED).
 SYNTH_ROOT = "data/synth"
+
+LOOPS = ("auto", "scan", "host")
+THRESHOLDS = ("max", "quantile", "k_sigma")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
 
 
 def base_config(method: str, variant: str, seed: int = 42) -> ml_collections.ConfigDict:
@@ -19,10 +36,11 @@ def base_config(method: str, variant: str, seed: int = 42) -> ml_collections.Con
 def data_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.data` block: which data set, where, and how it is prepared.
 
-    Keys: layout (mvtec_ad | mpdd | btad | folder), name (the data set's name in results records;
-    empty means the layout), root, category, image_size, val_fraction (the
-    share of the normal training images held out for calibration), cache_dir (decoded arrays;
-    empty means ~/.cache/adjax or $ADJAX_CACHE).
+    Keys: layout (mvtec_ad | mpdd | btad | visa | folder | labelled), name (the data set's name
+    in results records; empty: "synth" for the embedded data, else the layout), root (a folder,
+    or "embedded"), category, image_size, val_fraction (the share of the normal training images
+    held out for calibration), cache_dir (decoded arrays; empty means ~/.cache/adjax or
+    $ADJAX_CACHE).
     """
     cfg = ml_collections.ConfigDict(
         dict(layout="mvtec_ad", name="", root="", category="", image_size=256, val_fraction=0.1,
@@ -32,15 +50,23 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+def embedded_data_config(**overrides) -> ml_collections.ConfigDict:
+    """`data_config` for the embedded data set (the quick configs): `tiles` at 128 px."""
+    return data_config(**{"root": EMBEDDED, "category": "tiles", "image_size": 128,
+                          **overrides})
+
+
 def train_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.train` block read by the trainer (`adjax.train`).
 
-    Keys: steps, batch_size, steps_per_call (steps per compiled call, scanned), checkpoint_every,
-    keep_checkpoints, log_every (steps between progress lines; a multiple of steps_per_call).
+    Keys: steps, batch_size, steps_per_call (steps per compiled call), loop (how a call runs its
+    steps: "scan" (one compiled `lax.scan`), "host" (a Python loop over one compiled step) or
+    "auto": host on CPU, scan elsewhere), checkpoint_every, keep_checkpoints, log_every (steps
+    between progress lines) and log_seconds (at most this long between them).
     """
     cfg = ml_collections.ConfigDict(
-        dict(steps=1000, batch_size=8, steps_per_call=50, checkpoint_every=1000,
-             keep_checkpoints=3, log_every=500)
+        dict(steps=1000, batch_size=8, steps_per_call=50, loop="auto", checkpoint_every=1000,
+             keep_checkpoints=3, log_every=500, log_seconds=30.0)
     )
     cfg.update(overrides)
     return cfg
@@ -64,3 +90,62 @@ def parse_variant(arg: str | None, known: tuple[str, ...], default: str) -> str:
     if variant not in known:
         raise ValueError(f"unknown config variant {variant!r}; choose one of {', '.join(known)}.")
     return variant
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+def _number(block: ml_collections.ConfigDict, where: str, key: str, *, integer: bool,
+            low: float, high: float = math.inf, low_open: bool = False) -> None:
+    value = block.get(key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or float(value).is_integer())
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        bounds = "" if math.isinf(low) else f" {'>' if low_open else '>='} {low:g}"
+        bounds += f" and <= {high:g}" if math.isfinite(high) else ""
+        raise ConfigError(f"config.{where}.{key} must be {what}{bounds}, got {value!r}.")
+
+
+def _choice(block: ml_collections.ConfigDict, where: str, key: str, choices) -> None:
+    if block.get(key) not in choices:
+        raise ConfigError(f"config.{where}.{key} must be one of {', '.join(choices)}, got "
+                          f"{block.get(key)!r}.")
+
+
+def path_component(value: str, key: str) -> str:
+    """`value` if it is one plain folder name (no separators, not '.' or '..'), else ConfigError:
+    a category or data-set name must never lead outside the folder it names a part of."""
+    if (not isinstance(value, str) or value in (".", "..") or "/" in value or "\\" in value
+            or "\0" in value or pathlib.PurePath(value).is_absolute()):
+        raise ConfigError(f"{key} must be a single folder name, got {value!r}.")
+    return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the `train`, `eval` and `data` blocks; raises ConfigError naming the first bad key.
+
+    Method-specific keys are checked when the method is built (`adjax.methods.build`).
+    """
+    t = config.train
+    for key in ("steps", "batch_size", "steps_per_call", "checkpoint_every", "keep_checkpoints",
+                "log_every"):
+        _number(t, "train", key, integer=True, low=1)
+    _number(t, "train", "log_seconds", integer=False, low=0, low_open=True)
+    _choice(t, "train", "loop", LOOPS)
+    e = config.eval
+    _number(e, "eval", "batch_size", integer=True, low=1)
+    _number(e, "eval", "fpr_limit", integer=False, low=0, high=1, low_open=True)
+    _choice(e, "eval", "threshold", THRESHOLDS)
+    _number(e, "eval", "threshold_q", integer=False, low=0, high=1)
+    _number(e, "eval", "threshold_k", integer=False, low=-math.inf)
+    d = config.data
+    _number(d, "data", "image_size", integer=True, low=1)
+    _number(d, "data", "val_fraction", integer=False, low=0, high=1, low_open=True)
+    if d.val_fraction >= 1:
+        raise ConfigError(f"config.data.val_fraction must be below 1, got {d.val_fraction}.")
+    if d.get("category"):
+        path_component(str(d.category), "config.data.category")
+    if d.get("name"):
+        path_component(d.name, "config.data.name")

@@ -11,9 +11,10 @@ import os
 import pathlib
 import platform
 import subprocess
-import tempfile
 import uuid
 from typing import Any
+
+from adjax import files
 
 SCHEMA = 1
 KINDS = ("eval", "bench", "paper")
@@ -110,19 +111,8 @@ def filename(record: dict[str, Any]) -> str:
 def write(record: dict[str, Any], directory: str | os.PathLike) -> pathlib.Path:
     """Validates `record` and writes it atomically into `directory`; returns its path."""
     validate(record)
-    folder = pathlib.Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / filename(record)
-    text = json.dumps(record, indent=1, sort_keys=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    path = pathlib.Path(directory) / filename(record)
+    return files.write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:

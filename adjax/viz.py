@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +33,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from adjax import files
 
 __all__ = ["pick_worst_and_best", "save_all", "save_curves", "save_overlays"]
 
@@ -48,23 +49,13 @@ _PIXEL_COLOR = "tab:orange"
 
 
 def _write_png(fig: Figure, path: pathlib.Path) -> pathlib.Path:
-    """Renders ``fig`` to ``path`` atomically (unique temporary name, then ``os.replace``)."""
+    """Renders ``fig`` to ``path`` atomically (see `adjax.files`)."""
     FigureCanvasAgg(fig)  # attach the Agg canvas: no pyplot, no display
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # "x": never clobber; created with the usual umask
-            fig.savefig(fh, format="png", dpi=_DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_with(path, lambda f: fig.savefig(f, format="png", dpi=_DPI), binary=True)
 
 
 def _out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
-    path = pathlib.Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return files.ensure_folder(out_dir, "pictures folder")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -8,19 +8,18 @@ Masks are resized with nearest neighbour and binarised to {0, 1}.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
+from adjax import files
 from adjax.data.layouts import DataError, Sample, list_samples
 
 # Bump when the decoding or the file content changes, so old caches are not reused.
@@ -283,15 +282,6 @@ def _read_cache(
 
 
 def _write_cache(path: pathlib.Path, **arrays: np.ndarray) -> None:
-    """Writes an uncompressed .npz atomically: a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        # A file object stops np.savez from appending ".npz" to the temporary name.
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Writes an uncompressed .npz atomically (see `adjax.files`)."""
+    # A file object stops np.savez from appending ".npz" to the temporary name.
+    files.write_with(path, lambda f: np.savez(f, **arrays), binary=True)

@@ -1,0 +1,105 @@
+"""What every method shares: the train-state fields, the gradient-and-optimiser step, PyTorch's
+Adam with L2 weight decay, parameter counts, and the no-op defaults of the Method contract.
+
+A method is a frozen dataclass deriving from `MethodBase`, its state a `TrainState` subclass
+that adds the method's own fields (frozen nets, statistics, BatchNorm averages):
+
+    class State(TrainState):
+        teacher: Any
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class MyMethod(MethodBase):
+        def init(self, rng, train, weights=None):
+            params = jax.jit(self.net.init)(rng, sample)
+            return self.new_state(State, params, teacher=...)
+
+        def train_step(self, state, batch, rng):
+            return self.gradient_step(state, loss_fn)   # loss_fn(params) -> (loss, metrics)
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import parameter_overview
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """The fields every method's state has: the step counter, what the optimiser trains, and the
+    optimiser's state. Subclasses add their own fields after these."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def adam_l2(learning_rate: float | optax.Schedule,
+            weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """`torch.optim.Adam(lr, weight_decay=wd)`: the decay is an L2 term added to the gradient
+    before Adam's moments (not AdamW's decoupled decay)."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+
+
+def count_params(tree: Any) -> int:
+    """The number of scalars in a pytree of arrays (or of shape structs)."""
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+def parameter_table(params: Any) -> str:
+    """clu's table of every parameter (name, shape, size) with the total, as text."""
+    return parameter_overview.get_parameter_overview(params, include_stats=False)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MethodBase:
+    """Defaults shared by the methods; see `adjax.methods` for the contract they implement."""
+
+    config: ml_collections.ConfigDict
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        """Adam with L2 weight decay from `config.optim` (lr, weight_decay)."""
+        o = self.config.optim
+        return adam_l2(o.lr, o.get("weight_decay", 0.0))
+
+    def new_state(self, cls: type[TrainState], params: Any, **fields: Any) -> TrainState:
+        """A state at step 0 with the optimiser initialised on `params`."""
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                   **fields)
+
+    def gradient_step(self, state: TrainState, loss_fn) -> tuple[TrainState, Any]:
+        """One optimiser step on `loss_fn(params) -> (loss, aux)`; returns (state, aux)."""
+        grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        return state.replace(params=optax.apply_updates(state.params, updates),
+                             opt_state=opt_state), aux
+
+    def pretrained(self) -> Any:
+        """Pretrained weights the method needs, read on the host once (by the trainer, before
+        `init`), as a pytree of numpy arrays; None when it needs none."""
+        return None
+
+    def calibrate(self, state: TrainState, val: dict[str, jax.Array]) -> TrainState:
+        """Statistics on held-out normal images; none by default."""
+        del val
+        return state
+
+    def extra_pools(self) -> dict[str, np.ndarray]:
+        """Further image sets kept on the device; none by default."""
+        return {}
+
+    def param_groups(self, state: TrainState) -> dict[str, Any]:
+        """The nets whose parameters a record counts, by name (default: the top-level entries
+        of `state.params`)."""
+        return dict(state.params)
+
+    def describe(self, state: TrainState) -> dict[str, Any]:
+        """Facts a results record carries: `params` (count per net) and, in subclasses, the
+        weights used and the variant's choices."""
+        return {"params": {name: count_params(tree)
+                           for name, tree in self.param_groups(state).items()}}
