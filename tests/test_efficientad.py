@@ -9,13 +9,13 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from adjax.data import augment
 from adjax.methods import build
+from adjax.weights import WeightsError
 
 
 def _config(**model):
     cfg = load_config("efficientad", "quick")
-    cfg.model.update(width=0.0625, out_channels=8, **model)
+    cfg.model.update({"width": 0.0625, "out_channels": 8, **model})
     return cfg
 
 
@@ -28,14 +28,16 @@ def images():
 @pytest.fixture(scope="module")
 def method_and_state(images):
     method = build(_config())
-    state = jax.jit(method.init)(jax.random.key(0), {"image": jnp.asarray(images)})
+    state = method.init(jax.random.key(0), {"image": jnp.asarray(images)})
     return method, state
 
 
 def test_teacher_statistics_follow_the_reference(method_and_state, images):
     method, state = method_and_state
-    x = augment.imagenet_normalize(augment.to_float(jnp.asarray(images)))
+    x = method.prepare(jnp.asarray(images))
+    assert x.shape == (6, 160, 160, 3)  # the quick config reflect-pads 128 px by 16
     feats = np.asarray(method.teacher_net.apply(state.teacher, x))  # [N, h, w, C]
+    assert feats.shape[1:3] == (32, 32)  # the map covers the 128 px image at stride 4
     mean = feats.mean(axis=(1, 2)).mean(axis=0)
     std = np.sqrt(((feats - mean) ** 2).mean(axis=(1, 2)).mean(axis=0))
     np.testing.assert_allclose(state.teacher_mean, mean, rtol=1e-4, atol=1e-6)
@@ -43,12 +45,21 @@ def test_teacher_statistics_follow_the_reference(method_and_state, images):
 
 
 def test_train_step_updates_only_student_and_autoencoder(method_and_state, images):
-    method, state = method_and_state
+    _, state = method_and_state
+    cfg = _config()
+    cfg.loss.augment_factor = 0.0  # no colour jitter: the AE branch sees the image itself
+    method = build(cfg)
     new, metrics = jax.jit(method.train_step)(state, {"image": jnp.asarray(images[:2])},
                                               jax.random.key(1))
-    assert float(metrics["loss"]) == pytest.approx(
-        sum(float(metrics[k]) for k in ("loss_hard", "loss_penalty", "loss_ae", "loss_stae")),
-        rel=1e-5)
+    x = method.prepare(jnp.asarray(images[:2]))
+    target = (method.teacher_net.apply(state.teacher, x) - state.teacher_mean) / \
+        state.teacher_std
+    ae = method.autoencoder_net.apply(state.params["autoencoder"], x)
+    student = method.student_net.apply(state.params["student"], x)[..., 8:]
+    assert float(metrics["loss_ae"]) == pytest.approx(float(jnp.mean((target - ae) ** 2)),
+                                                      rel=1e-4)
+    assert float(metrics["loss_stae"]) == pytest.approx(float(jnp.mean((ae - student) ** 2)),
+                                                        rel=1e-4)
     assert float(metrics["loss_penalty"]) == 0.0  # no penalty folder configured
     for a, b in zip(jax.tree.leaves(new.teacher), jax.tree.leaves(state.teacher), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -62,7 +73,7 @@ def test_hard_loss_averages_the_top_quantile(method_and_state, images):
     cfg = _config()
     cfg.loss.hard_quantile = 0.0  # every element is "hard": the loss becomes the plain MSE
     plain = build(cfg)
-    x = augment.imagenet_normalize(augment.to_float(jnp.asarray(images[:2])))
+    x = method.prepare(jnp.asarray(images[:2]))
     target = (method.teacher_net.apply(state.teacher, x) - state.teacher_mean) / state.teacher_std
     student = plain.student_net.apply(state.params["student"], x)[..., :8]
     mse = float(jnp.mean((target - student) ** 2))
@@ -97,28 +108,46 @@ def test_teacher_loaded_from_a_file(tmp_path, method_and_state, images):
     shifted = jax.tree.map(lambda a: a + 0.5, state.teacher)
     path.write_bytes(flax.serialization.to_bytes(shifted))
     method = build(_config(teacher_path=str(path)))
-    loaded = method.init(jax.random.key(0), {"image": jnp.asarray(images[:2])})
+    loaded = method.init(jax.random.key(0), {"image": jnp.asarray(images[:2])},
+                         method.pretrained())
     for a, b in zip(jax.tree.leaves(loaded.teacher), jax.tree.leaves(shifted), strict=True):
         np.testing.assert_array_equal(a, b)
     assert method.describe(loaded)["teacher"] == str(path)
     with pytest.raises(FileNotFoundError, match="teacher_path"):
-        build(_config(teacher_path=str(tmp_path / "missing"))).init(
-            jax.random.key(0), {"image": jnp.asarray(images[:2])})
+        build(_config(teacher_path=str(tmp_path / "missing"))).pretrained()
+    # A teacher of another width stops with the leaf at fault, before any training.
+    wide = build(_config(out_channels=16)).init(jax.random.key(0),
+                                                {"image": jnp.asarray(images[:2])})
+    path.write_bytes(flax.serialization.to_bytes(wide.teacher))
+    with pytest.raises(WeightsError, match=r"teacher.msgpack has .* of shape .*16"):
+        method.pretrained()
 
 
 def test_calibration_and_prediction(method_and_state, images):
     method, state = method_and_state
     val = {"image": jnp.asarray(images[:4])}
-    state = jax.jit(method.calibrate)(state, val)
+    state = method.calibrate(state, val)
     maps_st, maps_ae = method.feature_maps(state, jnp.asarray(images[:4]))
     q = np.quantile(np.asarray(maps_st), [0.9, 0.995])
     np.testing.assert_allclose(state.quantiles[0], q, rtol=1e-5)
     out = jax.jit(method.predict)(state, jnp.asarray(images))
     assert out.anomaly_map.shape == (6, 128, 128) and out.score.shape == (6,)
     np.testing.assert_allclose(out.score, out.anomaly_map.max(axis=(1, 2)))
-    # The feature-level map (24x24) is padded by 4 with zeros before resizing to 128: the
-    # image border maps to the padding.
-    assert np.allclose(np.asarray(out.anomaly_map)[:, 0, 0], 0.0, atol=1e-6)
+    # The quick map covers the whole image: no border cell is the padding's exact 0.
+    assert not np.any(np.asarray(out.anomaly_map)[:, 0, :] == 0.0)
+
+
+def test_reference_border_is_the_map_padding(images):
+    # s and m: unpadded input, the 24 x 24 feature map (at 128 px) padded by 4 cells of 0.
+    cfg = _config(input_pad=0)
+    cfg.map.pad = 4
+    method = build(cfg)
+    state = method.init(jax.random.key(0), {"image": jnp.asarray(images[:2])})
+    state = method.calibrate(state, {"image": jnp.asarray(images[:2])})
+    maps_st, _ = method.feature_maps(state, jnp.asarray(images[:1]))
+    assert maps_st.shape == (1, 24, 24)
+    out = jax.jit(method.predict)(state, jnp.asarray(images[:1]))
+    np.testing.assert_array_equal(np.asarray(out.anomaly_map)[0, :6, :6], 0.0)
 
 
 def test_bfloat16_computation_keeps_float32_params(method_and_state, images):

@@ -114,9 +114,9 @@ def test_padded_autoencoder_matches_padded_pdn():
     assert _output_shape(Autoencoder(padding=True)) == (1, 64, 64, 384)
 
 
-@pytest.mark.parametrize("shape", [(1, 96, 96, 3), (1, 128, 64, 3)])
-def test_autoencoder_rejects_sides_not_divisible_by_64_or_not_square(shape):
-    with pytest.raises(ValueError, match="divisible by 64"):
+@pytest.mark.parametrize("shape", [(1, 96, 96, 3), (1, 144, 144, 3), (1, 128, 64, 3)])
+def test_autoencoder_rejects_small_sides_not_divisible_by_32_or_not_square(shape):
+    with pytest.raises(ValueError, match="at least 128 and divisible by 32"):
         _abstract_params(Autoencoder(), jax.ShapeDtypeStruct(shape, jnp.float32))
 
 

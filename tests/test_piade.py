@@ -11,10 +11,13 @@ import pytest
 from conftest import load_config
 
 from adjax.methods import build
-from adjax.models.piade import PIADE, Decoder, adaptive_avg_pool, nchw_view, select_vector
+from adjax.models.piade import PIADE, adaptive_avg_pool, select_vector
 from adjax.models.pyramid_ae import PyramidAE
-from adjax.nn.resnet import ResNet, resnet_params_from_torch
-from adjax.nn.vgg import VGGFeatures, read_torch_state_dict, vgg_params_from_torch
+from adjax.nn.decoders import DECODERS, TransposedConvDecoder
+from adjax.nn.layers import nchw_view
+from adjax.nn.resnet import ResNet
+from adjax.nn.vgg import VGGFeatures
+from adjax.weights import WeightsError, merge, read_state_dict, resnet_from_torch, vgg_from_torch
 
 
 def _count(tree) -> int:
@@ -45,14 +48,12 @@ def test_nchw_view_is_pytorchs_view():
 
 @pytest.mark.parametrize("layout,size", [("mvtec", 120), ("mnist", 28)])
 def test_decoders_reach_the_input_size(layout, size):
-    from adjax.models.piade import DECODERS
-
     variables, out = _shapes_decoder(DECODERS[layout])
     assert out.shape == (2, size, size, 3)
 
 
 def _shapes_decoder(layers):
-    decoder = Decoder(layers)
+    decoder = TransposedConvDecoder(layers)
     x = jnp.zeros((2, 8, 8, 16))
     variables = jax.eval_shape(functools.partial(decoder.init, train=False), jax.random.key(0), x)
     return variables, jax.eval_shape(functools.partial(decoder.apply, train=False), variables, x)
@@ -121,10 +122,10 @@ def _torch_vgg11(rng):
 def test_vgg_import_matches_an_nchw_convolution(tmp_path):
     sd = _torch_vgg11(np.random.default_rng(0))
     np.savez(tmp_path / "vgg11.npz", **sd)
-    loaded = read_torch_state_dict(tmp_path / "vgg11.npz")
+    loaded = read_state_dict(tmp_path / "vgg11.npz")
     net = VGGFeatures(4)
     x = jax.random.uniform(jax.random.key(0), (1, 16, 16, 3))
-    params = vgg_params_from_torch(loaded, net.init(jax.random.key(1), x))
+    params = vgg_from_torch(loaded, net.init(jax.random.key(1), x))
     ours = net.apply(params, x)
 
     def conv(x, i):  # PyTorch's layout and convolution, NCHW / OIHW
@@ -137,8 +138,11 @@ def test_vgg_import_matches_an_nchw_convolution(tmp_path):
     np.testing.assert_allclose(ours, jnp.transpose(conv(y, 3), (0, 2, 3, 1)), rtol=1e-4,
                                atol=1e-4)
     sd["features.3.weight"] = sd["features.3.weight"][:, :32]
-    with pytest.raises(ValueError, match="features.3.weight"):
-        vgg_params_from_torch(sd, net.init(jax.random.key(1), x))
+    with pytest.raises(WeightsError, match=r"features.3.weight has shape \(128, 32, 3, 3\)"):
+        vgg_from_torch(sd, net.init(jax.random.key(1), x))
+    del sd["features.0.bias"]
+    with pytest.raises(WeightsError, match="no entry features.0.bias"):
+        vgg_from_torch(sd, net.init(jax.random.key(1), x))
 
 
 def _torch_resnet18(rng):
@@ -174,7 +178,11 @@ def test_resnet_import_fills_every_layer():
     sd = _torch_resnet18(np.random.default_rng(0))
     shapes = _shapes(ResNet(18, se_ratio=4), 32)[0]
     like = jax.tree.map(lambda a: jnp.full(a.shape, 7.0, a.dtype), shapes)
-    loaded = jax.jit(lambda like: resnet_params_from_torch(sd, like))(like)  # as in init
+    imported = resnet_from_torch(sd, shapes)  # on the host, from shapes alone
+    assert "se3" not in imported["params"]  # torchvision has no SE layers: not imported
+    filled = {k for k in sd if not k.startswith("fc") and "num_batches" not in k}
+    assert len(jax.tree.leaves(imported)) == len(filled)
+    loaded = merge(like, imported)  # as in init: the SE layers keep their initialisation
     p, s = loaded["params"], loaded["batch_stats"]
     np.testing.assert_array_equal(p["conv1"]["kernel"], sd["conv1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(p["layer3_0"]["downsample_conv"]["kernel"],
@@ -183,11 +191,15 @@ def test_resnet_import_fills_every_layer():
     np.testing.assert_array_equal(s["layer2_0"]["downsample_bn"]["var"],
                                   sd["layer2.0.downsample.1.running_var"])
     np.testing.assert_array_equal(p["se3"]["fc1"]["kernel"], like["params"]["se3"]["fc1"]["kernel"])
-    filled = {k for k in sd if not k.startswith("fc") and "num_batches" not in k}
-    assert len(jax.tree.leaves(p)) + len(jax.tree.leaves(s)) == len(filled) + 2 * 5  # + SE
     sd["layer1.0.conv1.weight"] = sd["layer1.0.conv1.weight"][:, :, :1]
-    with pytest.raises(ValueError, match="layer1.0.conv1.weight"):
-        resnet_params_from_torch(sd, like)
+    with pytest.raises(WeightsError, match="layer1.0.conv1.weight has shape"):
+        resnet_from_torch(sd, shapes)
+    del sd["layer1.0.conv1.weight"]
+    with pytest.raises(WeightsError, match="no entry for params/layer1_0/conv1/kernel"):
+        resnet_from_torch(sd, shapes)
+    sd["layer9.0.conv1.weight"] = sd["conv1.weight"]
+    with pytest.raises(WeightsError, match="layer9.0.conv1.weight has no counterpart"):
+        resnet_from_torch(sd, shapes)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -214,10 +226,16 @@ def test_piade_step_and_score(tmp_path):
     cfg.score.update(perceptual=1.0, reduce="mean")
     method = build(cfg)
     images = _images()
-    state = jax.jit(method.init)(_KEY, {"image": images})
+    state = method.init(_KEY, {"image": images}, method.pretrained())
+    x = images / 255.0
+    recon, _ = method._forward(state.params, state.batch_stats, x, train=True)
+    np.testing.assert_allclose(method.terms(state, x, recon, cfg.loss)["mse"],
+                               np.mean((np.asarray(recon) - np.asarray(x)) ** 2, axis=(1, 2, 3)),
+                               rtol=1e-5)
+    expected = method.terms(state, x, recon, cfg.loss)
     state, metrics = jax.jit(method.train_step)(state, {"image": images}, jax.random.key(1))
     assert float(metrics["loss"]) == pytest.approx(
-        float(metrics["loss_mse"] + metrics["loss_perceptual"] - metrics["loss_ssim"]), rel=1e-5)
+        float(jnp.mean(expected["mse"] + expected["perceptual"] - expected["ssim"])), rel=1e-4)
 
     @jax.jit
     def predict_and_terms(state, images):
@@ -240,9 +258,12 @@ def test_pyramid_ae_trains():
     cfg.model.update(width=0.125, branch_channels=4, hidden=8)
     method = build(cfg)
     images = _images()
-    state = jax.jit(method.init)(_KEY, {"image": images})
+    state = method.init(_KEY, {"image": images})
+    x = images / 255.0
+    recon, _ = method._forward(state.params, state.batch_stats, x, train=True)
     new, metrics = jax.jit(method.train_step)(state, {"image": images}, jax.random.key(1))
-    assert float(metrics["loss"]) == pytest.approx(float(metrics["loss_mse"]), rel=1e-6)
+    # MSE only (no perceptual, no SSIM term in the pyramidal AE's quick loss).
+    assert float(metrics["loss"]) == pytest.approx(float(jnp.mean((recon - x) ** 2)), rel=1e-4)
     changed = [not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(state.batch_stats),
                    strict=True)]

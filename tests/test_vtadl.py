@@ -11,9 +11,10 @@ from scipy import ndimage, special
 from adjax import evaluate
 from adjax.methods import build
 from adjax.methods.vtadl import code_nll, mixture_nll
-from adjax.models.vtadl import DECODER_512, VTADL, decoder_output_size, patchify
+from adjax.models.vtadl import DECODER_512, VTADL, patchify
 from adjax.nn.capsules import RoutingCapsules, squash
-from adjax.nn.resize import resize_bilinear_align_corners
+from adjax.nn.decoders import transposed_conv_output_size
+from adjax.nn.layers import resize_bilinear_align_corners
 from adjax.nn.ssim import gaussian_filter, ssim
 from adjax.train import train
 
@@ -42,7 +43,7 @@ def images():
 @pytest.fixture(scope="module")
 def tiny(images):
     method = build(_tiny())
-    state = jax.jit(method.init)(jax.random.key(0), {"image": jnp.asarray(images)})
+    state = method.init(jax.random.key(0), {"image": jnp.asarray(images)})
     return method, state
 
 
@@ -74,7 +75,7 @@ def test_parameter_count_is_the_thesis_table_7_1():
 
 
 def test_full_size_shapes_and_decoder_sizes():
-    sizes = [decoder_output_size(8, DECODER_512[:i + 1]) for i in range(len(DECODER_512))]
+    sizes = [transposed_conv_output_size(8, DECODER_512[:i + 1]) for i in range(len(DECODER_512))]
     assert sizes == [15, 49, 245, 497, 502, 512]
     net = VTADL()
     x = jax.ShapeDtypeStruct((2, 512, 512, 3), jnp.float32)

@@ -1,18 +1,30 @@
-"""Methods behind one contract (see DESIGN.md, "The Method contract"), and their registry.
+"""Methods behind one contract (DESIGN.md, "The Method contract"), and their registry.
 
-A method is a small frozen object built from its config, with pure functions only:
+A method is a small frozen dataclass built from its config (deriving from
+`adjax.methods.base.MethodBase`, which gives the shared defaults), with pure functions only.
+As the trainer (`adjax.train`) and the evaluator (`adjax.evaluate`) use it:
 
-- `init(rng, train) -> State`: `train` is the whole training split as a batch dict
-  (`{"image": uint8 [N, H, W, 3], "label": int32 [N]}`, on the device; labels are all 0 under
-  the one-class protocol); methods take shapes and any statistics they need before training
-  (e.g. EfficientAD's teacher channel mean/std) from it.
-- `calibrate(state, val) -> State`: statistics on held-out normal images (e.g. map quantiles).
+- `pretrained() -> weights | None`: pretrained weights read on the host, once, before `init`
+  (a pytree of numpy arrays, through `adjax.weights`); None when the method needs none.
+- `init(rng, train, weights=None) -> State`: `train` is the whole training split as a batch
+  dict (`{"image": uint8 [N, H, W, 3], "label": int32 [N]}`, on the device; labels are all 0
+  under the one-class protocol); methods take shapes and the statistics they need before
+  training from it (e.g. EfficientAD's teacher channel mean/std). Called on the host, not under
+  `jit`: it jits its own parts (so a statistic over many images is a loop over one compiled
+  batch). With `weights=None` the pretrained parts are randomly initialised, which gives the
+  same shapes: the evaluator restores checkpoints onto `jax.eval_shape(init, ...)`.
 - `train_step(state, batch, rng) -> (state, metrics)`: one optimisation step; jitted, scanned
-  and sharded by `adjax.train`. `batch` holds "image" and "label" drawn together from the
+  and sharded by the trainer. `batch` holds "image" and "label" drawn together from the
   training split, plus one entry per extra pool. The trainer advances `state.step`.
-- `predict(state, images) -> Prediction`: anomaly maps at input size and image scores.
+- `calibrate(state, val) -> State`: statistics on held-out normal images (e.g. map quantiles);
+  called on the host after training, like `init`.
+- `predict(state, images) -> Prediction`: anomaly maps at input size and image scores; jitted.
 - `extra_pools() -> dict[str, np.ndarray]`: further uint8 image sets the trainer keeps on the
   device and samples `batch[name]` from at each step (e.g. penalty images); usually empty.
+- `describe(state) -> dict`: what a results record says about the run: `params` (a count per
+  net, {name: int}) and facts such as the weights used ({key: str}), stored in its notes.
+
+`State` derives from `adjax.methods.base.TrainState` (`step`, `params`, `opt_state`).
 """
 
 from collections.abc import Callable
@@ -36,7 +48,8 @@ class Method(Protocol):
 
     config: ml_collections.ConfigDict
 
-    def init(self, rng: jax.Array, train: dict[str, jax.Array]) -> Any: ...
+    def pretrained(self) -> Any: ...
+    def init(self, rng: jax.Array, train: dict[str, jax.Array], weights: Any = None) -> Any: ...
     def calibrate(self, state: Any, val: dict[str, jax.Array]) -> Any: ...
     def train_step(self, state: Any, batch: dict[str, jax.Array],
                    rng: jax.Array) -> tuple[Any, dict[str, jax.Array]]: ...
@@ -63,6 +76,12 @@ def _piade(config):
     return PIADE(config)
 
 
+def _pyramidal_ae(config):
+    from adjax.methods.pyramid_ae import PyramidalAE
+
+    return PyramidalAE(config)
+
+
 def _vtadl(config):
     from adjax.methods.vtadl import VTADL
 
@@ -73,7 +92,7 @@ REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "efficientad": _efficientad,
     "capsnet": _capsnet,
     "piade": _piade,
-    "pyramidal_ae": _piade,  # the same method file; config.method picks the network
+    "pyramidal_ae": _pyramidal_ae,
     "vtadl": _vtadl,
 }
 

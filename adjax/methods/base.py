@@ -18,6 +18,7 @@ that adds the method's own fields (frozen nets, statistics, BatchNorm averages):
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -48,6 +49,24 @@ def adam_l2(learning_rate: float | optax.Schedule,
 def count_params(tree: Any) -> int:
     """The number of scalars in a pytree of arrays (or of shape structs)."""
     return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+def map_batches(fn: Callable[[jax.Array], Any], images: Any, batch_size: int, *,
+                to_host: bool = False) -> Any:
+    """`fn` (a jitted function of a [batch_size, ...] array whose outputs lead with the batch)
+    over `images` in fixed-size batches, outputs concatenated: one compile for any number of
+    images (the last batch is padded by repeating its last image). With `to_host` each batch's
+    outputs are moved to the host as numpy arrays at once (large test sets)."""
+    n = images.shape[0]
+    batch_size = max(1, min(batch_size, n))
+    outputs = []
+    for start in range(0, n, batch_size):
+        index = np.minimum(np.arange(start, start + batch_size), n - 1)
+        keep = min(batch_size, n - start)
+        out = jax.tree.map(lambda a, k=keep: a[:k], fn(images[index]))
+        outputs.append(jax.tree.map(np.asarray, out) if to_host else out)
+    concat = np.concatenate if to_host else jnp.concatenate
+    return jax.tree.map(lambda *parts: concat(parts), *outputs)
 
 
 def parameter_table(params: Any) -> str:

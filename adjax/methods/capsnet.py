@@ -35,27 +35,23 @@ import dataclasses
 import re
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from adjax.data import augment
 from adjax.methods import Prediction
+from adjax.methods.base import MethodBase, TrainState, count_params
 from adjax.models.capsnet import CapsNet as CapsNetModel
 
 SCORES = ("proposed", "standard", "reconstruction")
 DECODES = ("normal", "label")
 
 
-class State(flax.struct.PyTreeNode):
+class State(TrainState):
     """Everything CapsNet trains and the input statistics."""
 
-    step: jax.Array
-    params: Any
-    opt_state: Any
     mean: jax.Array  # scalar: mean of the training pixels in [0, 1]
     std: jax.Array   # scalar: their standard deviation
 
@@ -71,10 +67,8 @@ def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class CapsNet:
+class CapsNet(MethodBase):
     """The CapsNet method (see the module docstring); built from a capsnet config."""
-
-    config: ml_collections.ConfigDict
 
     def __post_init__(self):
         m, s = self.config.model, self.config.score
@@ -95,10 +89,6 @@ class CapsNet:
                             m.primary_dim, m.routing_iterations, m.stop_inner_gradient,
                             tuple(m.decoder_widths), jnp.dtype(m.get("dtype", "float32")))
 
-    @property
-    def tx(self) -> optax.GradientTransformation:
-        return optax.adam(self.config.optim.lr)
-
     def _pixels(self, images: jax.Array) -> jax.Array:
         """[0, 1] pixels with the model's channels: grey (mean of RGB) or RGB."""
         x = augment.to_float(images)
@@ -111,23 +101,15 @@ class CapsNet:
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def init(self, rng: jax.Array, train: dict[str, jax.Array]) -> State:
+    def init(self, rng: jax.Array, train: dict[str, jax.Array], weights: None = None) -> State:
         """Initialises the network; the input statistics come from all training pixels."""
         pixels = self._pixels(train["image"])
         mean, std = jnp.mean(pixels), jnp.std(pixels)
         if not self.config.model.standardize:
             mean, std = jnp.zeros(()), jnp.ones(())
         x = jnp.zeros((1, *pixels.shape[1:]), jnp.float32)
-        params = self.net.init(rng, x)
-        return State(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=self.tx.init(params), mean=mean, std=jnp.maximum(std, 1e-6))
-
-    def calibrate(self, state: State, val: dict[str, jax.Array]) -> State:
-        """Nothing to calibrate: the scores are used as they are."""
-        return state
-
-    def extra_pools(self) -> dict[str, np.ndarray]:
-        return {}
+        params = jax.jit(self.net.init)(rng, x)
+        return self.new_state(State, params, mean=mean, std=jnp.maximum(std, 1e-6))
 
     # -- training ------------------------------------------------------------------------------
 
@@ -153,10 +135,7 @@ class CapsNet:
             return loss, {"loss": loss, "loss_margin": margin, "loss_reconstruction": recon_loss,
                           "length_normal": jnp.mean(out["lengths"][:, 0])}
 
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        return state.replace(params=optax.apply_updates(state.params, updates),
-                             opt_state=opt_state), metrics
+        return self.gradient_step(state, loss_fn)
 
     # -- inference -----------------------------------------------------------------------------
 
@@ -184,7 +163,7 @@ class CapsNet:
             protocol += f" ({100 * d.anomaly_fraction:g}% anomalies in training)"
         return {"protocol": protocol, "score": self.config.score.kind,
                 "decode": self.config.model.decode,
-                "params": {"capsnet": _count(state.params)}}
+                "params": {"capsnet": count_params(state.params)}}
 
 
 def _check_variant(config: ml_collections.ConfigDict) -> None:
@@ -203,7 +182,3 @@ def _check_variant(config: ml_collections.ConfigDict) -> None:
             f"{d.get('protocol')!r}, anomaly_fraction {d.anomaly_fraction} and score "
             f"{config.score.kind!r}; pick the matching variant (e.g. configs/capsnet.py:mnist-1pct"
             f") or rename it with --config.variant.")
-
-
-def _count(tree) -> int:
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))

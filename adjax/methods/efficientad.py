@@ -7,30 +7,29 @@ alpha) are config values.
 """
 
 import dataclasses
-import pathlib
 from typing import Any
 
-import flax.serialization
-import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from adjax.data import augment
 from adjax.methods import Prediction
+from adjax.methods.base import MethodBase, TrainState, adam_l2, map_batches
 from adjax.models.autoencoder import Autoencoder
 from adjax.models.pdn import PDN
 from adjax.nn.layers import resize_bilinear
+from adjax.weights import read_flax
+
+# Images per compiled call when the teacher statistics and the calibration maps are computed.
+STATS_BATCH = 16
 
 
-class State(flax.struct.PyTreeNode):
-    """Everything EfficientAD trains, freezes and calibrates."""
+class State(TrainState):
+    """Everything EfficientAD trains (`params`: student and autoencoder), freezes and
+    calibrates."""
 
-    step: jax.Array
-    params: dict[str, Any]      # {"student": ..., "autoencoder": ...}, trained
-    opt_state: Any
     teacher: Any                # frozen teacher params
     teacher_mean: jax.Array     # [C] channel mean of teacher features on the training images
     teacher_std: jax.Array      # [C]
@@ -39,10 +38,8 @@ class State(flax.struct.PyTreeNode):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class EfficientAD:
+class EfficientAD(MethodBase):
     """The EfficientAD method (see the module docstring); built from an efficientad config."""
-
-    config: ml_collections.ConfigDict
 
     @property
     def channels(self) -> int:
@@ -56,17 +53,17 @@ class EfficientAD:
     @property
     def teacher_net(self) -> PDN:
         m = self.config.model
-        return PDN(m.size, m.out_channels, m.width, dtype=self.dtype)
+        return PDN(m.size, m.out_channels, m.width, m.padding, dtype=self.dtype)
 
     @property
     def student_net(self) -> PDN:
         m = self.config.model
-        return PDN(m.size, 2 * m.out_channels, m.width, dtype=self.dtype)
+        return PDN(m.size, 2 * m.out_channels, m.width, m.padding, dtype=self.dtype)
 
     @property
     def autoencoder_net(self) -> Autoencoder:
         m = self.config.model
-        return Autoencoder(m.out_channels, m.width, m.ae_dropout, dtype=self.dtype)
+        return Autoencoder(m.out_channels, m.width, m.ae_dropout, m.padding, dtype=self.dtype)
 
     @property
     def tx(self) -> optax.GradientTransformation:
@@ -74,33 +71,63 @@ class EfficientAD:
         o, steps = self.config.optim, self.config.train.steps
         schedule = optax.piecewise_constant_schedule(
             o.lr, {int(o.lr_drop_at * steps): o.lr_drop})
-        return optax.chain(optax.add_decayed_weights(o.weight_decay), optax.adam(schedule))
+        return adam_l2(schedule, o.weight_decay)
+
+    def _net_input(self, images: jax.Array) -> jax.Array:
+        """[0, 1] images -> the nets' input: ImageNet-normalised, and reflect-padded by
+        `config.model.input_pad` pixels on each side (0 in the reference)."""
+        x = augment.imagenet_normalize(images)
+        p = self.config.model.input_pad
+        return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect") if p else x
+
+    def prepare(self, images: jax.Array) -> jax.Array:
+        """uint8 images -> the nets' input (see `_net_input`)."""
+        return self._net_input(augment.to_float(images))
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def init(self, rng: jax.Array, train: dict[str, jax.Array]) -> State:
-        """Initialises the nets and computes the teacher's channel statistics on `train`."""
-        images = train["image"]
+    def _init_nets(self, rng: jax.Array, size: int) -> tuple[Any, dict[str, Any]]:
         k_teacher, k_student, k_ae = jax.random.split(rng, 3)
-        x = jnp.zeros((1, *images.shape[1:]), jnp.float32)
-        teacher = self.teacher_net.init(k_teacher, x)
-        if self.config.model.teacher_path:
-            teacher = _load_teacher(self.config.model.teacher_path, teacher)
+        side = size + 2 * self.config.model.input_pad
+        x = jnp.zeros((1, side, side, 3), jnp.float32)
         params = {"student": self.student_net.init(k_student, x),
                   "autoencoder": self.autoencoder_net.init(k_ae, x)}
+        return self.teacher_net.init(k_teacher, x), params
+
+    def pretrained(self) -> dict[str, Any] | None:
+        """The teacher of `config.model.teacher_path` (a Flax msgpack of the PDN's params),
+        read and checked against this config's PDN on the host."""
+        path = self.config.model.teacher_path
+        if not path:
+            return None
+        size = self.config.data.image_size
+        like, _ = jax.eval_shape(lambda k: self._init_nets(k, size), jax.random.key(0))
+        return {"teacher": read_flax(path, like, "config.model.teacher_path")}
+
+    def init(self, rng: jax.Array, train: dict[str, jax.Array],
+             weights: dict[str, Any] | None = None) -> State:
+        """Initialises the nets (the teacher from `weights` when given) and computes the
+        teacher's channel statistics on `train`."""
+        images = train["image"]
+        init = jax.jit(self._init_nets, static_argnums=1)
+        teacher, params = init(rng, images.shape[1])
+        if weights is not None:
+            teacher = jax.tree.map(jnp.asarray, weights["teacher"])
         mean, std = self._teacher_stats(teacher, images)
-        return State(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=self.tx.init(params), teacher=teacher,
-                     teacher_mean=mean, teacher_std=std, quantiles=jnp.zeros((2, 2)))
+        return self.new_state(State, params, teacher=teacher, teacher_mean=mean,
+                              teacher_std=std, quantiles=jnp.zeros((2, 2)))
 
     def _teacher_stats(self, teacher, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         # Two passes as the reference: the mean of per-image channel means, then the root of the
-        # mean of per-image mean squared deviations from it.
-        def features(image):
-            return self.teacher_net.apply(teacher, _prepare(image[None]))[0].astype(jnp.float32)
+        # mean of per-image mean squared deviations from it; images in batches of STATS_BATCH,
+        # one compiled call per batch.
+        def features(x):
+            return self.teacher_net.apply(teacher, self.prepare(x)).astype(jnp.float32)
 
-        mean = jnp.mean(jax.lax.map(lambda im: features(im).mean((0, 1)), images), axis=0)
-        var = jax.lax.map(lambda im: jnp.mean((features(im) - mean) ** 2, (0, 1)), images)
+        means = map_batches(jax.jit(lambda x: features(x).mean((1, 2))), images, STATS_BATCH)
+        mean = jnp.mean(means, axis=0)
+        var = map_batches(jax.jit(lambda x: jnp.mean((features(x) - mean) ** 2, (1, 2))),
+                          images, STATS_BATCH)
         return mean, jnp.sqrt(jnp.mean(var, axis=0))
 
     def extra_pools(self) -> dict[str, np.ndarray]:
@@ -125,14 +152,14 @@ class EfficientAD:
         c, n = self.channels, batch["image"].shape[0]
         image = augment.to_float(batch["image"])
         image_ae = augment.random_color_jitter(k_aug, image, self.config.loss.augment_factor)
-        x = augment.imagenet_normalize(jnp.concatenate([image, image_ae]))
+        x = self._net_input(jnp.concatenate([image, image_ae]))
         teacher_out = self._teacher(state, x)
         target, target_ae = teacher_out[:n], teacher_out[n:]
         student_in = x
         if "penalty" in batch:
             penalty = augment.random_grayscale(k_gray, augment.to_float(batch["penalty"]),
                                                self.config.loss.penalty_grayscale)
-            student_in = jnp.concatenate([x, augment.imagenet_normalize(penalty)])
+            student_in = jnp.concatenate([x, self._net_input(penalty)])
 
         def loss_fn(params):
             student = self.student_net.apply(params["student"], student_in).astype(jnp.float32)
@@ -150,10 +177,7 @@ class EfficientAD:
             return loss, dict(loss=loss, loss_hard=loss_hard, loss_penalty=loss_penalty,
                               loss_ae=loss_ae, loss_stae=loss_stae)
 
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(params=params, opt_state=opt_state), metrics
+        return self.gradient_step(state, loss_fn)
 
     def _teacher(self, state: State, x: jax.Array) -> jax.Array:
         out = self.teacher_net.apply(state.teacher, x).astype(jnp.float32)
@@ -164,7 +188,7 @@ class EfficientAD:
     def feature_maps(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Unnormalised student-teacher and autoencoder maps at the PDN's output size."""
         c = self.channels
-        x = _prepare(images)
+        x = self.prepare(images)
         target = self._teacher(state, x)
         student = self.student_net.apply(state.params["student"], x).astype(jnp.float32)
         ae = self.autoencoder_net.apply(state.params["autoencoder"], x).astype(jnp.float32)
@@ -175,8 +199,8 @@ class EfficientAD:
     def calibrate(self, state: State, val: dict[str, jax.Array]) -> State:
         """Quantiles q_a, q_b of both maps over the validation images."""
         q = jnp.array([self.config.map.q_a, self.config.map.q_b])
-        maps_st, maps_ae = jax.lax.map(lambda im: self.feature_maps(state, im[None]),
-                                       val["image"])
+        maps_st, maps_ae = map_batches(jax.jit(lambda x: self.feature_maps(state, x)),
+                                       val["image"], STATS_BATCH)
         return state.replace(quantiles=jnp.stack([jnp.quantile(maps_st, q),
                                                   jnp.quantile(maps_ae, q)]))
 
@@ -193,31 +217,14 @@ class EfficientAD:
         full = resize_bilinear(fused[..., None], size)[..., 0]
         return Prediction(anomaly_map=full, score=jnp.max(full, axis=(1, 2)))
 
+    def param_groups(self, state: State) -> dict[str, Any]:
+        """The teacher, the student and the autoencoder."""
+        return {"teacher": state.teacher, **state.params}
+
     def describe(self, state: State) -> dict[str, Any]:
         """Facts a results record must carry about this run."""
         path = self.config.model.teacher_path
-        return {"teacher": path or "random initialisation (not distilled)",
-                "params": {name: _count(tree) for name, tree in
-                           {"teacher": state.teacher, **state.params}.items()}}
-
-
-def _prepare(images: jax.Array) -> jax.Array:
-    return augment.imagenet_normalize(augment.to_float(images))
-
-
-def _count(tree) -> int:
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
-
-
-def _load_teacher(path: str, target):
-    """Reads teacher params saved with `flax.serialization.to_bytes`."""
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config.model.teacher_path {path} does not exist.")
-    try:
-        return flax.serialization.from_bytes(target, file.read_bytes())
-    except Exception as err:  # msgpack and shape errors alike: name the file
-        raise ValueError(f"teacher file {path} does not hold PDN params of this config's size "
-                         f"({err}).") from err
+        return {**super().describe(state),
+                "teacher": path or "random initialisation (not distilled)"}
 
 

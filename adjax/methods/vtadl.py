@@ -15,18 +15,15 @@ import dataclasses
 import math
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
-import optax
 
 from adjax.data import augment
 from adjax.methods import Prediction
+from adjax.methods.base import MethodBase, TrainState, count_params
 from adjax.models.vtadl import VTADL as Network
-from adjax.models.vtadl import decoder_output_size
-from adjax.nn.resize import resize_bilinear_align_corners
+from adjax.nn.decoders import transposed_conv_output_size
+from adjax.nn.layers import resize_bilinear_align_corners
 from adjax.nn.ssim import gaussian_filter, ssim
 
 NLLS = ("mixture", "code")
@@ -36,13 +33,10 @@ NLLS = ("mixture", "code")
 SCORES = ("combined", "nll_max", "nll_sum", "map_max")
 
 
-class State(flax.struct.PyTreeNode):
-    """Everything VT-ADL trains."""
+class State(TrainState):
+    """Everything VT-ADL trains (`params`: {"encoder", "capsules", "decoder", "mdn"})."""
 
-    step: jax.Array
-    params: dict[str, Any]        # {"encoder", "capsules", "decoder", "mdn"}
     batch_stats: dict[str, Any]   # the decoder's BatchNorm running averages
-    opt_state: Any
 
 
 def mixture_nll(x: jax.Array, logits: jax.Array, mean: jax.Array,
@@ -74,10 +68,8 @@ def _log_softplus(a: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class VTADL:
+class VTADL(MethodBase):
     """The VT-ADL method (see the module docstring); built from a vtadl config."""
-
-    config: ml_collections.ConfigDict
 
     @property
     def net(self) -> Network:
@@ -86,7 +78,7 @@ class VTADL:
         if size % m.patch:
             raise ValueError(f"config.data.image_size {size} is not a multiple of "
                              f"config.model.patch {m.patch}.")
-        out = decoder_output_size(m.decoder_grid, layers)
+        out = transposed_conv_output_size(m.decoder_grid, layers)
         if out != size:
             raise ValueError(f"config.model.decoder turns the {m.decoder_grid}x"
                              f"{m.decoder_grid} grid into {out} px images, but "
@@ -105,12 +97,6 @@ class VTADL:
             decoder=layers, components=m.components, clamp_input=m.clamp_input,
             dtype=jnp.dtype(m.dtype))
 
-    @property
-    def tx(self) -> optax.GradientTransformation:
-        """Adam with PyTorch-style (L2, not decoupled) weight decay."""
-        o = self.config.optim
-        return optax.chain(optax.add_decayed_weights(o.weight_decay), optax.adam(o.lr))
-
     def patch_nll(self, out: dict[str, jax.Array]) -> jax.Array:
         """Per-patch NLL [B, N] of the network's output under the configured loss."""
         kind = self.config.loss.nll
@@ -124,21 +110,11 @@ class VTADL:
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def init(self, rng: jax.Array, train: dict[str, jax.Array]) -> State:
+    def init(self, rng: jax.Array, train: dict[str, jax.Array], weights: None = None) -> State:
         """Initialises the network for `train`'s image size."""
         x = jnp.zeros((1, *train["image"].shape[1:]), jnp.float32)
-        variables = self.net.init({"params": rng}, x, train=False)
-        params = variables["params"]
-        return State(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=variables["batch_stats"], opt_state=self.tx.init(params))
-
-    def calibrate(self, state: State, val: dict[str, jax.Array]) -> State:
-        """VT-ADL needs no statistics of held-out images."""
-        del val
-        return state
-
-    def extra_pools(self) -> dict[str, np.ndarray]:
-        return {}
+        variables = jax.jit(lambda r: self.net.init({"params": r}, x, train=False))(rng)
+        return self.new_state(State, variables["params"], batch_stats=variables["batch_stats"])
 
     # -- training ------------------------------------------------------------------------------
 
@@ -160,11 +136,8 @@ class VTADL:
             return loss, (updates["batch_stats"], dict(loss=loss, nll=nll, mse=mse,
                                                        ssim=similarity))
 
-        grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
+        state, (batch_stats, metrics) = self.gradient_step(state, loss_fn)
+        return state.replace(batch_stats=batch_stats), metrics
 
     # -- inference -----------------------------------------------------------------------------
 
@@ -198,17 +171,13 @@ class VTADL:
 
     def describe(self, state: State) -> dict[str, Any]:
         """Facts a results record must carry about this run."""
-        counts = {name: _count(tree) for name, tree in state.params.items()}
+        counts = super().describe(state)["params"]
         encoder = state.params["encoder"]
-        thesis = (counts["encoder"] - _count(encoder["pos_embedding"])
-                  - _count(encoder["cls_token"]) + counts["decoder"])
+        thesis = (counts["encoder"] - count_params(encoder["pos_embedding"])
+                  - count_params(encoder["cls_token"]) + counts["decoder"])
         m, s = self.config.model, self.config.score
         return {"params": counts,
                 "params_thesis_convention": thesis,  # Table 7.1's count: 19,041,555 at 512 px
                 "nll": self.config.loss.nll, "components": m.components,
                 "score": s.kind + (f" (ssim_sign {s.ssim_sign:+g})" if s.kind == "combined"
                                    else "")}
-
-
-def _count(tree) -> int:
-    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))

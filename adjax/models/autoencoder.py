@@ -2,10 +2,10 @@
 
 Layer table: EfficientAD Table 5.4 of the seed-004 thesis and the reference code
 (nelson1425/EfficientAD `common.py`). The decoder sizes follow anomalib's generalisation to any
-input size H (H/64-1, H/32, H/16-1, H/8, H/4-1, H/2-1, then the PDN's output size), which gives the
-reference's 3, 8, 15, 32, 63, 127, 56 at H = 256. The last encoder convolution has kernel H/32
-(8 at H = 256, the reference) so that the bottleneck is 1x1 at any side of at least 128 that
-is divisible by 64.
+input size H (H/64-1, H/32, H/16-1, H/8, H/4-1, H/2-1, rounded down, then the PDN's output
+size), which gives the reference's 3, 8, 15, 32, 63, 127, 56 at H = 256. The last encoder
+convolution has kernel H/32 (8 at H = 256, the reference) so that the bottleneck is 1x1 at any
+side of at least 128 that is divisible by 32.
 
 Dropout: the paper's table puts Dropout(0.2) after each of the six 4x4 decoder convolutions;
 the reference code has none. `dropout=0.0` (the reference code) is the default; 0.2 gives the
@@ -47,11 +47,10 @@ class Autoencoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         image_size = x.shape[1]
-        if image_size % 64 or image_size < 128 or x.shape[2] != image_size:
+        if image_size % 32 or image_size < 128 or x.shape[2] != image_size:
             raise ValueError(
                 f"the EfficientAD autoencoder needs square inputs with a side of at least 128 "
-                f"and divisible by 64, "
-                f"got {x.shape[1]}x{x.shape[2]}."
+                f"and divisible by 32, got {x.shape[1]}x{x.shape[2]}."
             )
         c32, c64 = max(1, round(32 * self.width)), max(1, round(64 * self.width))
         for features in (c32, c32, c64, c64, c64):

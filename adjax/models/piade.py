@@ -12,7 +12,6 @@ average pool, a 1x1 conv to C/1, C/2, C/4, C/8 channels, BN, ReLU; 480 capsules 
 Flattening and the n x 8 x 8 view follow PyTorch's NCHW memory order, as the code's `view`s do.
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -20,19 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from adjax.nn.capsules import RoutingCapsules
-from adjax.nn.layers import resize_bilinear
-from adjax.nn.resnet import ResNet, batch_norm
-
-# (out channels, kernel, stride, padding) of PyTorch ConvTranspose2d layers.
-DECODER_MVTEC = ((16, 3, 2, 1), (32, 3, 2, 1), (32, 4, 2, 0), (3, 4, 2, 1))  # 8 -> 120
-DECODER_MNIST = ((16, 5, 1, 1), (32, 5, 1, 0), (32, 6, 1, 0), (32, 6, 1, 0),
-                 (3, 5, 1, 0))  # 8 -> 28 (Mishra 2021, Table 4.2)
-DECODERS = {"mvtec": DECODER_MVTEC, "mnist": DECODER_MNIST}
-
-INITS = {
-    "orthogonal": nn.initializers.orthogonal(),  # the thesis (Saxe et al.)
-    "kaiming": nn.initializers.variance_scaling(2.0, "fan_in", "normal"),  # the PIADE code
-}
+from adjax.nn.decoders import DECODERS, HEAD_INITS, TransposedConvDecoder, decode_to
+from adjax.nn.layers import batch_norm, nchw_flatten
+from adjax.nn.resnet import ResNet
 
 
 def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
@@ -49,68 +38,12 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     return pool_axis(pool_axis(x, 1), 2)
 
 
-def nchw_flatten(x: jax.Array) -> jax.Array:
-    """[B, H, W, C] -> [B, C*H*W] in PyTorch's memory order."""
-    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-
-
-def nchw_view(x: jax.Array, side: int) -> jax.Array:
-    """PyTorch's `x.view(B, -1, side, side)` of an NHWC tensor, returned as NHWC."""
-    flat = nchw_flatten(x)
-    if flat.shape[1] % (side * side):
-        raise ValueError(f"{flat.shape[1]} features do not make {side}x{side} maps.")
-    return jnp.transpose(flat.reshape(x.shape[0], -1, side, side), (0, 2, 3, 1))
-
-
 def select_vector(vectors: jax.Array, index: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """vectors [B, J, D] -> (vectors[b, index[b]] [B, D], index [B]); None: the longest."""
     if index is None:
         index = jnp.argmax(jnp.sum(vectors * vectors, axis=-1), axis=-1)
     index = jnp.broadcast_to(index, vectors.shape[:1])
     return jnp.take_along_axis(vectors, index[:, None, None], axis=1)[:, 0], index
-
-
-class ConvTranspose2d(nn.Module):
-    """PyTorch's ConvTranspose2d(k, stride, padding): out = (in - 1) * stride - 2p + k."""
-
-    features: int
-    kernel: int
-    stride: int
-    padding: int
-    kernel_init: Any = nn.initializers.lecun_normal()
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        pad = self.kernel - 1 - self.padding
-        return nn.ConvTranspose(self.features, (self.kernel, self.kernel),
-                                (self.stride, self.stride), padding=((pad, pad), (pad, pad)),
-                                transpose_kernel=True, kernel_init=self.kernel_init,
-                                dtype=self.dtype, name="conv")(x)
-
-
-class Decoder(nn.Module):
-    """Transposed convolutions with BN + ReLU between them and tanh at the end."""
-
-    layers: Sequence[tuple[int, int, int, int]] = DECODER_MVTEC
-    head_init: str = "orthogonal"
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        for i, (features, kernel, stride, padding) in enumerate(self.layers):
-            x = ConvTranspose2d(features, kernel, stride, padding, INITS[self.head_init],
-                                self.dtype, name=f"deconv{i + 1}")(x)
-            if i < len(self.layers) - 1:
-                x = nn.relu(batch_norm(train, f"bn{i + 1}", self.dtype)(x))
-        return jnp.tanh(x)
-
-
-def decode_to(decoder: Decoder, x: jax.Array, size: tuple[int, int], train: bool) -> jax.Array:
-    """Views `x` as n x 8 x 8 maps, decodes them and resizes to `size` if the decoder's
-    output differs (e.g. the 120-pixel decoder on smaller inputs; bilinear)."""
-    out = decoder(nchw_view(x, 8), train)
-    return out if out.shape[1:3] == tuple(size) else resize_bilinear(out, size)
 
 
 class PIADE(nn.Module):
@@ -156,7 +89,7 @@ class PIADE(nn.Module):
                  train: bool = False) -> dict[str, jax.Array]:
         """x: [B, H, W, 3] in [0, 1]. decode_index: [B] vector to decode; None: the longest.
         Returns {"reconstruction" [B, H, W, 3] (tanh), "vectors" [B, 2, 64], "decoded" [B]}."""
-        kernel_init = INITS[self.head_init]
+        kernel_init = HEAD_INITS[self.head_init]
         features = ResNet(self.depth, self.width, self.se_ratio, maxpool=True, dtype=self.dtype,
                           name="backbone")(x, train)
         b, h, w, c = features.shape
@@ -189,6 +122,7 @@ class PIADE(nn.Module):
                      name=f"upsample{len(self.upsample_widths) + 1}")(z)
         upsampled = jnp.transpose(nn.relu(z).reshape(b, -1, h, w), (0, 2, 3, 1))
         joined = jnp.concatenate([features, upsampled], axis=-1)
-        decoder = Decoder(DECODERS[self.decoder], self.head_init, self.dtype, name="decoder")
+        decoder = TransposedConvDecoder(DECODERS[self.decoder], HEAD_INITS[self.head_init],
+                                        zero_bias=True, dtype=self.dtype, name="decoder")
         recon = decode_to(decoder, joined.astype(upsampled.dtype), x.shape[1:3], train)
         return {"reconstruction": recon, "vectors": vectors, "decoded": decode_index}

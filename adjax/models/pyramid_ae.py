@@ -15,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adjax.models.piade import DECODERS, INITS, Decoder, decode_to
-from adjax.nn.resnet import ResNet, batch_norm
+from adjax.nn.decoders import DECODERS, HEAD_INITS, TransposedConvDecoder, decode_to
+from adjax.nn.layers import batch_norm
+from adjax.nn.resnet import ResNet
 
 
 class BranchEncoder(nn.Module):
@@ -29,7 +30,7 @@ class BranchEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kernel_init = INITS[self.head_init]
+        kernel_init = HEAD_INITS[self.head_init]
         x = nn.Conv(self.channels, (1, 1), use_bias=False, kernel_init=kernel_init,
                     dtype=self.dtype, name="reduce")(x)
         x = nn.relu(batch_norm(train, "reduce_bn", self.dtype)(x))
@@ -53,7 +54,7 @@ class Upsampler(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
-        kernel_init = INITS[self.head_init]
+        kernel_init = HEAD_INITS[self.head_init]
         z = nn.Dense(self.hidden, kernel_init=kernel_init, dtype=self.dtype, name="fc1")(z)
         z = nn.relu(batch_norm(train, "bn1", self.dtype)(z))
         z = nn.relu(nn.Dense(self.channels * self.side**2, kernel_init=kernel_init,
@@ -103,6 +104,7 @@ class PyramidAE(nn.Module):
             codes.append(code)
             maps.append(upsampler(code, train))
         joined = jnp.concatenate([features, *maps], axis=-1)
-        decoder = Decoder(DECODERS[self.decoder], self.head_init, self.dtype, name="decoder")
+        decoder = TransposedConvDecoder(DECODERS[self.decoder], HEAD_INITS[self.head_init],
+                                        zero_bias=True, dtype=self.dtype, name="decoder")
         recon = decode_to(decoder, joined, x.shape[1:3], train)
         return {"reconstruction": recon, "codes": jnp.stack(codes, axis=1)}

@@ -19,13 +19,11 @@ import jax
 import jax.numpy as jnp
 
 from adjax.nn.capsules import RoutingCapsules
+from adjax.nn.decoders import TransposedConvDecoder
 from adjax.nn.layers import torch_kernel_init
 
 # torch.nn.init.kaiming_normal_ (fan_in, gain sqrt(2), untruncated), as the authors' init.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-# PyTorch's default ConvTranspose2d init: U(-b, b) with b = 1/sqrt(out_channels * k * k), for
-# the weight and the bias alike (PyTorch takes the fan from the weight's second axis).
-_convt_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
 # The authors' density head clamps its input at numpy's float64 epsilon.
 CLAMP_EPS = 2.220446049250313e-16
 
@@ -42,14 +40,6 @@ def patchify(x: jax.Array, patch: int) -> jax.Array:
     b, h, w, c = x.shape
     x = x.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
-
-
-def decoder_output_size(grid: int, layers: Sequence[Sequence[int]]) -> int:
-    """The side a decoder with `layers` (features, kernel, stride, padding) makes of `grid`."""
-    size = grid
-    for _, kernel, stride, padding in layers:
-        size = (size - 1) * stride - 2 * padding + kernel
-    return size
 
 
 class Attention(nn.Module):
@@ -128,41 +118,6 @@ class ViTEncoder(nn.Module):
             z = EncoderBlock(self.dim, self.heads, self.mlp_dim, width**-0.5, self.dtype,
                              name=f"block_{i}")(z)
         return z[:, 1:]
-
-
-class Decoder(nn.Module):
-    """Transposed convolutions with PyTorch's size rule, (n - 1) * stride - 2 * padding +
-    kernel; BatchNorm + ReLU after each but the last, tanh at the end.
-
-    Attributes:
-      layers: (out channels, kernel, stride, padding) per transposed convolution.
-    """
-
-    layers: Sequence[Sequence[int]]
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        for i, (features, kernel, stride, padding) in enumerate(self.layers):
-            fan = features * kernel * kernel
-            bound = fan**-0.5
-
-            def bias_init(key, shape, dtype=jnp.float32, bound=bound):
-                return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-            # PyTorch's transposed convolution = a convolution of the stride-dilated input
-            # padded by kernel - 1 - padding on each side.
-            edge = kernel - 1 - padding
-            x = nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride),
-                                 padding=((edge, edge), (edge, edge)),
-                                 kernel_init=_convt_kernel_init, bias_init=bias_init,
-                                 dtype=self.dtype, name=f"convt_{i}")(x)
-            if i < len(self.layers) - 1:
-                # PyTorch's BatchNorm2d: momentum 0.1 (Flax counts the other way), eps 1e-5.
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 name=f"bn_{i}")(x)
-                x = nn.relu(x)
-        return jnp.tanh(x)
 
 
 class MixtureDensityHead(nn.Module):
@@ -250,7 +205,8 @@ class VTADL(nn.Module):
                                  self.routing_stop_gradient, name="capsules")(capsules)
         g = self.decoder_grid
         grid = vector.reshape(b, -1, g, g).transpose(0, 2, 3, 1)
-        reconstruction = Decoder(self.decoder, self.dtype, name="decoder")(grid, train)
+        reconstruction = TransposedConvDecoder(self.decoder, dtype=self.dtype,
+                                               name="decoder")(grid, train)
         density = MixtureDensityHead(self.components, self.clamp_input, self.dtype,
                                      name="mdn")(tokens)
         return {"tokens": tokens, "reconstruction": reconstruction.astype(jnp.float32),

@@ -1,24 +1,42 @@
-"""Layers shared by the models: PyTorch-faithful convolution and resizing.
+"""The PyTorch-compatible layers every model builds on, in one place.
 
-The reference implementations are PyTorch code, so the layers here reproduce PyTorch's
-defaults where they differ from Flax's: symmetric explicit padding, the kaiming-uniform
-weight init with a = sqrt(5) (U(-1/sqrt(fan_in), 1/sqrt(fan_in))), the matching bias init, and
-half-pixel bilinear resizing without anti-aliasing (`align_corners=False`).
+The reference implementations are PyTorch code, so the layers here reproduce PyTorch where it
+differs from Flax: symmetric explicit padding, the default initialisations (kaiming-uniform with
+a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the matching bias), the transposed
+convolution's size rule and kernel convention, BatchNorm's momentum, average pooling that
+counts padded zeros, and both bilinear resizes (half-pixel without anti-aliasing, and aligned
+corners). Parameters carry the layout a PyTorch state dict maps onto with
+`adjax.weights` (kernels [kh, kw, in, out]; transposed kernels [kh, kw, out, in]).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-# variance_scaling(1/3, fan_in, uniform) draws from U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-# which is what torch.nn.Conv2d.reset_parameters does for its weight.
+# variance_scaling(1/3, fan_in, uniform) draws from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which
+# is what torch.nn.Conv2d / Linear / ConvTranspose2d.reset_parameters do for their weight. For a
+# transposed kernel [kh, kw, out, in] Flax's fan_in is out * kh * kw, the fan PyTorch takes
+# from its [in, out, kh, kw] weight's second axis.
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def torch_bias_init(fan_in: int) -> Callable:
+    """PyTorch's default bias init for a layer with `fan_in` inputs per output:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 class Conv2d(nn.Module):
-    """A 2-D convolution with PyTorch's padding convention and default initialisation.
+    """`torch.nn.Conv2d(kernel, stride, padding)` with PyTorch's default initialisation.
 
     Attributes:
       features: output channels.
@@ -36,12 +54,6 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        fan_in = x.shape[-1] * self.kernel * self.kernel
-        bound = 1.0 / fan_in**0.5
-
-        def bias_init(key, shape, dtype=jnp.float32):
-            return jax.random.uniform(key, shape, dtype, -bound, bound)
-
         pad = ((self.padding, self.padding), (self.padding, self.padding))
         return nn.Conv(
             self.features,
@@ -49,10 +61,46 @@ class Conv2d(nn.Module):
             strides=(self.stride, self.stride),
             padding=pad,
             kernel_init=torch_kernel_init,
-            bias_init=bias_init,
+            bias_init=torch_bias_init(x.shape[-1] * self.kernel * self.kernel),
             dtype=self.dtype,
             name="conv",
         )(x)
+
+
+class ConvTranspose2d(nn.Module):
+    """`torch.nn.ConvTranspose2d(kernel, stride, padding)`: out = (in - 1) * stride - 2p + k.
+
+    PyTorch's transposed convolution is the gradient of a convolution: Flax's with
+    `transpose_kernel=True` on the stride-dilated input padded by k - 1 - p on each side. The
+    kernel is [kh, kw, out, in] (PyTorch's [in, out, kh, kw] transposed). Initialisation:
+    PyTorch's default unless `kernel_init` is given; the bias PyTorch's default, or zeros with
+    `zero_bias`.
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    kernel_init: Callable = torch_kernel_init
+    zero_bias: bool = False
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        edge = self.kernel - 1 - self.padding
+        bias_init = (nn.initializers.zeros if self.zero_bias
+                     else torch_bias_init(self.features * self.kernel * self.kernel))
+        return nn.ConvTranspose(self.features, (self.kernel, self.kernel),
+                                (self.stride, self.stride), padding=((edge, edge), (edge, edge)),
+                                transpose_kernel=True, kernel_init=self.kernel_init,
+                                bias_init=bias_init, dtype=self.dtype, name="conv")(x)
+
+
+def batch_norm(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
+    """`torch.nn.BatchNorm2d` / `BatchNorm1d` defaults: the running averages move by 0.1 of
+    the batch statistics (Flax counts the other way: momentum 0.9), eps 1e-5."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                        name=name)
 
 
 def avg_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
@@ -71,3 +119,46 @@ def resize_bilinear(x: jax.Array, size: Sequence[int] | int) -> jax.Array:
     h, w = (size, size) if isinstance(size, int) else size
     shape = (x.shape[0], h, w, x.shape[-1])
     return jax.image.resize(x, shape, method="bilinear", antialias=False).astype(x.dtype)
+
+
+def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] linear-interpolation weights with aligned corners (rows sum to one):
+    output pixel i samples the input at i * (n_in - 1) / (n_out - 1)."""
+    m = np.zeros((n_out, n_in), np.float32)
+    if n_in == 1:
+        m[:, 0] = 1.0
+        return m
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    frac = pos - lo
+    rows = np.arange(n_out)
+    m[rows, lo] = 1.0 - frac
+    m[rows, lo + 1] += frac
+    return m
+
+
+def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int] | int) -> jax.Array:
+    """Bilinear resize of NHWC `x` to `size` with aligned corners (PyTorch's
+    `align_corners=True`, `nn.UpsamplingBilinear2d`; no anti-aliasing). The corner pixel
+    centres of input and output coincide, which differs from `resize_bilinear` most visibly
+    when a small grid (e.g. VT-ADL's 8 x 8 patch scores) is enlarged to the image size."""
+    h, w = (size, size) if isinstance(size, int) else size
+    mh = jnp.asarray(align_corners_matrix(x.shape[1], h), x.dtype)
+    mw = jnp.asarray(align_corners_matrix(x.shape[2], w), x.dtype)
+    hi = jax.lax.Precision.HIGHEST
+    x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=hi)
+    return jnp.einsum("pw,bowc->bopc", mw, x, precision=hi)
+
+
+def nchw_flatten(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, C*H*W] in PyTorch's memory order (its `x.view(B, -1)`)."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def nchw_view(x: jax.Array, side: int) -> jax.Array:
+    """PyTorch's `x.view(B, -1, side, side)` of an NHWC tensor (or of [B, D] features),
+    returned as NHWC."""
+    flat = nchw_flatten(x) if x.ndim == 4 else x.reshape(x.shape[0], -1)
+    if flat.shape[1] % (side * side):
+        raise ValueError(f"{flat.shape[1]} features do not make {side}x{side} maps.")
+    return jnp.transpose(flat.reshape(x.shape[0], -1, side, side), (0, 2, 3, 1))

@@ -3,33 +3,25 @@
 The trunk is torchvision's `conv1, bn1, relu, maxpool, layer1..layer4` without the average
 pool and classifier. Module names follow torchvision's state-dict keys (`conv1`, `bn1`,
 `layer2_0/conv1`, `layer2_0/downsample_conv`, ...), so ImageNet weights import with
-`resnet_params_from_torch`. Squeeze-and-excitation, when `se_ratio > 0`, re-weights the channels
-after the stem and after each of the four stages (`se1`..`se5`), as PIADE does (Mishra 2021,
-ch. 5; eq. 5.1-5.2: s = sigmoid(W2 relu(W1 mean_hw(u))), W1 in R^{C/r x C}, no biases); those
-layers are not in torchvision's weights and keep their initialisation.
+`adjax.weights.resnet_from_torch`. Squeeze-and-excitation, when `se_ratio > 0`, re-weights the
+channels after the stem and after each of the four stages (`se1`..`se5`), as PIADE does (Mishra
+2021, ch. 5; eq. 5.1-5.2: s = sigmoid(W2 relu(W1 mean_hw(u))), W1 in R^{C/r x C}, no biases);
+those layers are not in torchvision's weights and keep their initialisation.
 """
 
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from adjax.nn.vgg import assign, conv_kernel
+from adjax.nn.layers import batch_norm
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for the trunk's convs.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3))}
-
-
-def batch_norm(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults (momentum 0.1 of the new batch, eps 1e-5)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        name=name)
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
@@ -136,34 +128,3 @@ class ResNet(nn.Module):
             if self.se_ratio:
                 x = SqueezeExcite(self.se_ratio, name=f"se{stage + 2}")(x)
         return x
-
-
-def resnet_params_from_torch(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
-    """Flax variables of `ResNet` (shaped as `like`: {"params", "batch_stats"}) with every
-    entry of a torchvision ResNet state dict copied in; `fc.*` is ignored and the SE layers keep
-    their values from `like`. A missing counterpart or a shape mismatch raises ValueError."""
-    params, stats = _mutable(like["params"]), _mutable(like["batch_stats"])  # may be tracers
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if parts[0] == "fc" or parts[-1] == "num_batches_tracked":
-            continue
-        if parts[0].startswith("layer"):
-            parts = [f"{parts[0]}_{parts[1]}", *parts[2:]]
-            if parts[1] == "downsample":
-                parts = [parts[0], "downsample_" + ("conv" if parts[2] == "0" else "bn"),
-                         *parts[3:]]
-        *module, leaf = parts
-        value = np.asarray(value)
-        if leaf == "weight" and value.ndim == 4:
-            assign(params, (*module, "kernel"), conv_kernel(value), key)
-        elif leaf in ("weight", "bias"):
-            assign(params, (*module, "scale" if leaf == "weight" else "bias"), value, key)
-        elif leaf in ("running_mean", "running_var"):
-            assign(stats, (*module, "mean" if leaf == "running_mean" else "var"), value, key)
-        else:
-            raise ValueError(f"state-dict entry {key} is not a ResNet parameter.")
-    return {"params": params, "batch_stats": stats}
-
-
-def _mutable(tree):
-    return {k: _mutable(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
