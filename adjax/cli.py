@@ -1,11 +1,13 @@
 """`adjax <command>`: a thin layer that parses flags, then calls the library.
 
-  adjax data synth --out DIR          write the embedded default data set (MVTec AD layout)
-  adjax train --config=F:V --workdir=W   train (resumes from W's last checkpoint)
-  adjax eval --workdir=W              score the test split, write a results record
+Bad input stops with one sentence on stderr (`adjax <command>: error: ...`) and exit status 2,
+never a traceback: the library's own error classes (ValueError subclasses, OSError subclasses,
+and the trainer's and evaluator's errors) carry the sentence.
 """
 
+import os
 import pathlib
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -21,6 +23,10 @@ commands:
                adjax train --config=configs/efficientad.py:quick --workdir=runs/q
   eval         score a trained run's test split and write a results record
                adjax eval --workdir=runs/q
+  predict      score any images with a trained run: maps (PNG, .npy) and a CSV of scores
+               adjax predict --workdir=runs/q --images='photos/*.png'
+  config       print a config (its variants and every key, with overrides applied)
+               adjax config --config=configs/efficientad.py:quick
   bench        time training and inference of a config; write a `bench` results record
                adjax bench --config=configs/efficientad.py:s --precision=fp32,bf16
   tables       render tables from stored results records (adjax runs and published numbers)
@@ -30,23 +36,78 @@ commands:
 `adjax <command> --help` lists a command's flags.
 """
 
+CONFIG_HELP = """Config flags (train, bench, config):
+  --config=FILE.py:VARIANT   a config file and one of its variants (`adjax config
+                             --config=FILE.py` lists them and prints every key)
+  --config.KEY=VALUE         override any key, e.g. --config.train.steps=1000
+                             --config.data.root=/data/mvtec_ad --config.data.category=bottle
+"""
+
 FLAGS = flags.FLAGS
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    # The library's "bad input" errors: reported as one sentence, without a traceback.
-    from adjax.data.layouts import DataError
-    from adjax.evaluate import EvaluationError
-    from adjax.results import RecordError
-    from adjax.train import TrainingError
+    """The exceptions that mean bad input (or a run that cannot go on) and are reported as one
+    sentence. Only modules already imported are asked, so that a command never imports the
+    trainer just to name its errors."""
+    from adjax.files import OutputError
 
-    return (DataError, EvaluationError, RecordError, TrainingError, FileNotFoundError,
-            FileExistsError, ValueError)
+    classes: list[type[BaseException]] = [ValueError, FileNotFoundError, FileExistsError,
+                                          OutputError]
+    for module, name in (("adjax.train", "TrainingError"),
+                         ("adjax.evaluate", "EvaluationError")):
+        if module in sys.modules:
+            classes.append(getattr(sys.modules[module], name))
+    return tuple(classes)
+
+
+def _config_arg(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _check_config_file(command: str, args: list[str]) -> None:
+    """A config file that is missing or does not compile stops before flag parsing (whose
+    message would be a traceback)."""
+    spec = _config_arg(args)
+    if spec is None:
+        return
+    path = pathlib.Path(spec.split(":", 1)[0])
+    if not path.is_file():
+        _fail(command, f"config file {path} does not exist.")
+    try:
+        compile(path.read_bytes(), str(path), "exec")
+    except SyntaxError as err:
+        _fail(command, f"config file {path} does not compile (line {err.lineno}: {err.msg}).")
+    except (OSError, ValueError) as err:
+        _fail(command, f"config file {path} cannot be read ({err}).")
+
+
+def _unknown_key(args: list[str], err: BaseException) -> str:
+    """One sentence for an override of a key the config lacks; ml_collections' message is
+    "'stepz'\\nDid you mean "steps" instead of "stepz"?"."""
+    while err.args and isinstance(err.args[0], BaseException):  # AttributeError(KeyError(...))
+        err = err.args[0]
+    text = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+    lines = text.strip().splitlines() or [""]
+    key = lines[0].strip().strip("'\"")
+    overrides = [a.split("=", 1)[0].lstrip("-") for a in args if a.startswith("--config.")]
+    given = next((o for o in overrides if key in o.split(".")), f"config.{key}")
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    suggestion = ""
+    if hint:
+        suggestion = f" (did you mean {given.rsplit('.', 1)[0]}.{hint.group(1)}?)"
+    return f"{given} is not a key of this config{suggestion}."
 
 
 def _parse(command: str, args: list[str]) -> list[str]:
     """Parses `args` into FLAGS and returns what is left; bad flags and config keys stop with
     one sentence."""
+    _check_config_file(command, args)
     try:
         unparsed = FLAGS([f"adjax {command}", *args])[1:]
         if "config" in FLAGS:
@@ -59,14 +120,16 @@ def _parse(command: str, args: list[str]) -> list[str]:
     except OSError as err:
         _fail(command, f"could not read the config file ({err}).")
     except (AttributeError, KeyError) as err:  # an override of a key the config lacks
-        key = str(err).strip("\"'")
-        given = next((a for a in args if a.startswith("--config.") and key in a), key)
-        _fail(command, f"{given.split('=')[0].lstrip('-')} is not a key of this config.")
+        _fail(command, _unknown_key(args, err))
 
 
 def _fail(command: str, message: str) -> NoReturn:
     print(f"adjax {command}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 def _data() -> None:
@@ -84,20 +147,59 @@ def _train() -> None:
     if FLAGS.distributed:
         jax.distributed.initialize()
     train.train(FLAGS.config, FLAGS.workdir)
-    print(f"adjax: training finished; evaluate with `adjax eval --workdir={FLAGS.workdir}`")
+    workdir = FLAGS.workdir
+    if FLAGS.config.data.layout == "folder":
+        print(f"adjax: training finished; score images with `adjax predict --workdir={workdir} "
+              f"--images=DIR` (a folder layout has no test split to evaluate)")
+    else:
+        print(f"adjax: training finished; evaluate with `adjax eval --workdir={workdir}`")
+
+
+def _data_overrides() -> dict[str, str]:
+    return {key: getattr(FLAGS, key) for key in ("root", "category", "layout", "name")
+            if getattr(FLAGS, key) is not None}
 
 
 def _eval() -> None:
     from adjax import evaluate, tables
 
     record, path = evaluate.evaluate(FLAGS.workdir, FLAGS.results_dir, FLAGS.fpr_limit,
-                                     FLAGS.save_images)
+                                     FLAGS.save_images, data=_data_overrides(), log=_say)
     print(tables.metric_table([record]))
-    for key, reason in record["notes"]["missing"].items():
-        print(f"  {key}: missing ({reason})")
+    missing = record["notes"]["missing"]
+    if missing:
+        reasons = sorted(set(missing.values()))
+        print(f"  not computed: {', '.join(missing)} ({'; '.join(reasons)})")
     print(f"adjax: wrote {path}")
     if FLAGS.save_images:
         print(f"adjax: pictures in {pathlib.Path(FLAGS.workdir) / 'images'}")
+
+
+def _predict() -> None:
+    from adjax import predict
+
+    out = predict.predict(FLAGS.workdir, FLAGS.images, FLAGS.out, log=_say)
+    print(f"adjax: wrote the scores to {out / 'scores.csv'} and the maps to {out}")
+
+
+def _config() -> None:
+    spec = FLAGS["config"].config_filename
+    path = spec.split(":", 1)[0]
+    variants = _variants(path)
+    if variants:
+        print(f"# variants of {path}: {', '.join(variants)} (pick one with {path}:VARIANT)")
+    print(f"# {spec}, with the overrides given")
+    print(FLAGS.config)
+
+
+def _variants(path: str) -> tuple[str, ...]:
+    """The `VARIANTS` a config file declares (empty when it declares none)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adjax_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(getattr(module, "VARIANTS", ()))
 
 
 def _bench() -> None:
@@ -117,13 +219,13 @@ def _bench() -> None:
 
 
 def _tables() -> None:
-    from adjax import results, tables
+    from adjax import files, results, tables
 
     records = results.read_all(FLAGS.results)
     if FLAGS.update:
         for name in FLAGS.update:
             path = pathlib.Path(name)
-            path.write_text(tables.update_blocks(path.read_text(), records))
+            files.write_text(path, tables.update_blocks(files.read_text(path, "file"), records))
             print(f"adjax: regenerated the tables in {path}")
         return
     if FLAGS.list:
@@ -145,6 +247,14 @@ def _tables() -> None:
                         metric_names=FLAGS.metrics or None))
 
 
+def _define_config() -> None:
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file and variant, F.py:V.",
+                                    lock_config=True)
+    flags.mark_flag_as_required("config")
+
+
 def _define(command: str) -> Callable[[], None]:
     if command == "data":
         flags.DEFINE_string("out", None, "Folder to write the data set to.", required=True)
@@ -152,30 +262,39 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_integer("image_size", 256, "Side of the generated square images.")
         return _data
     if command == "train":
-        from ml_collections import config_flags
-
-        config_flags.DEFINE_config_file("config", None, "Config file and variant, F.py:V.",
-                                        lock_config=True)
-        flags.mark_flag_as_required("config")
+        _define_config()
         flags.DEFINE_string("workdir", None, "Work directory (checkpoints, logs).",
                             required=True)
         flags.DEFINE_bool("distributed", False,
                           "Call jax.distributed.initialize() first (several hosts).")
         return _train
+    if command == "config":
+        _define_config()
+        return _config
     if command == "eval":
         flags.DEFINE_string("workdir", None, "A trained run's work directory.", required=True)
         flags.DEFINE_string("results_dir", None, "Where to write the record "
                             "(default <workdir>/results).")
-        flags.DEFINE_float("fpr_limit", None, "AUPRO integration limit (default: the config's).")
+        flags.DEFINE_float("fpr_limit", None, "AUPRO integration limit in (0, 1] (default: the "
+                           "config's).")
         flags.DEFINE_bool("save_images", False, "Draw ROC/PR/PRO curves and overlays of the "
                           "worst and best test images as PNG into <workdir>/images.")
+        flags.DEFINE_string("root", None, "Score the model on the test split of another data "
+                            "set root (default: the run's).")
+        flags.DEFINE_string("category", None, "... or of another category.")
+        flags.DEFINE_string("layout", None, "... with another layout (mvtec_ad, mpdd, btad, "
+                            "visa).")
+        flags.DEFINE_string("name", None, "... under another data-set name in the record.")
         return _eval
+    if command == "predict":
+        flags.DEFINE_string("workdir", None, "A trained run's work directory.", required=True)
+        flags.DEFINE_string("images", None, "A folder of images, or a glob pattern (quoted).",
+                            required=True)
+        flags.DEFINE_string("out", None, "Where to write scores.csv and the maps (default "
+                            "<workdir>/predictions).")
+        return _predict
     if command == "bench":
-        from ml_collections import config_flags
-
-        config_flags.DEFINE_config_file("config", None, "Config file and variant, F.py:V.",
-                                        lock_config=True)
-        flags.mark_flag_as_required("config")
+        _define_config()
         flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Inference batch sizes.")
         flags.DEFINE_list("precision", ["fp32"], "Precisions: fp32 (no TF32) and/or bf16.")
         flags.DEFINE_integer("train_chunk", None, "Training steps per compiled call "
@@ -205,6 +324,15 @@ def _define(command: str) -> Callable[[], None]:
     raise KeyError(command)
 
 
+def _help(command: str) -> NoReturn:
+    name = "data synth" if command == "data" else command
+    print(f"usage: adjax {name} [flags]\n")
+    print(FLAGS.module_help(sys.modules[__name__]).split("\n", 1)[1])
+    if command in ("train", "bench", "config"):
+        print("\n" + CONFIG_HELP)
+    sys.exit(0)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Entry point of the `adjax` console script."""
     argv = list(sys.argv if argv is None else argv)
@@ -213,20 +341,22 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(0 if len(argv) >= 2 else 2)
     command, rest = argv[1], argv[2:]
     if command == "data":
-        if not rest or rest[0] != "synth":
+        if rest and rest[0] == "synth":
+            rest = rest[1:]
+        elif "--help" not in rest and "-h" not in rest:
             print("usage: adjax data synth --out DIR [--seed N] [--image_size S]",
                   file=sys.stderr)
             sys.exit(2)
-        rest = rest[1:]
     try:
         main = _define(command)
     except KeyError:
         print(f"adjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     if "--help" in rest or "-h" in rest:
-        print(f"usage: adjax {command} [flags]\n")
-        print(FLAGS.module_help(sys.modules[__name__]).split("\n", 1)[1])
-        sys.exit(0)
+        _help(command)
+    # XLA's own log (e.g. its "Very slow compile?" banner on a busy CPU) is not adjax's output:
+    # adjax says what it is compiling. TF_CPP_MIN_LOG_LEVEL=0 brings XLA's log back.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     unparsed = _parse(command, rest)
     if unparsed:
         _fail(command, f"unexpected arguments: {' '.join(unparsed)}")
@@ -234,4 +364,4 @@ def run(argv: list[str] | None = None) -> None:
     try:
         main()
     except _errors() as err:
-        _fail(command, str(err))
+        _fail(command, str(err).rstrip())

@@ -16,9 +16,6 @@ import ml_collections
 # on first use (`adjax.data.synthetic.embedded_root`); `adjax data synth --out DIR` writes the
 # same images where a user wants to look at them.
 EMBEDDED = "embedded"
-# The folder `adjax data synth --out data/synth` writes (the quick configs' root until they use
-# EMBEDDED).
-SYNTH_ROOT = "data/synth"
 
 LOOPS = ("auto", "scan", "host")
 THRESHOLDS = ("max", "quantile", "k_sigma")
@@ -123,11 +120,21 @@ def path_component(value: str, key: str) -> str:
     return value
 
 
+def _finite(block, where: str) -> None:
+    for key, value in block.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            _finite(value, f"{where}.{key}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{key} must be a finite number, got {value}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the `train`, `eval` and `data` blocks; raises ConfigError naming the first bad key.
 
-    Method-specific keys are checked when the method is built (`adjax.methods.build`).
+    Method-specific keys are checked when the method is built (`adjax.methods.build`); every
+    number anywhere in the config must be finite (a config is stored as JSON with the run).
     """
+    _finite(config, "config")
     t = config.train
     for key in ("steps", "batch_size", "steps_per_call", "checkpoint_every", "keep_checkpoints",
                 "log_every"):

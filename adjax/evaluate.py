@@ -8,6 +8,7 @@ oracle (test-set-optimal) values and are named as such.
 import json
 import math
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from adjax import methods, metrics, results
+from adjax import files, methods, metrics, results
 from adjax.checkpoint import Checkpoints
+from adjax.config import path_component
 from adjax.data import datasets
+from adjax.methods.base import map_batches
 
 
 class EvaluationError(RuntimeError):
@@ -29,7 +32,10 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise EvaluationError(f"{path} does not exist: is {workdir} an adjax work directory?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        return ml_collections.ConfigDict(json.loads(files.read_text(path, "config file")))
+    except json.JSONDecodeError as err:
+        raise EvaluationError(f"config file {path} is not valid JSON ({err}).") from err
 
 
 def restore(workdir: str | pathlib.Path, method: methods.Method,
@@ -56,18 +62,11 @@ def restore(workdir: str | pathlib.Path, method: methods.Method,
 
 def predict_all(method: methods.Method, state: Any, images: np.ndarray,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maps [N, H, W] and scores [N] for all images, in fixed-size batches (one compile)."""
-    predict = jax.jit(method.predict)
-    maps, scores = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        n = len(batch)
-        if n < batch_size:  # pad the last batch so that it reuses the compiled shape
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
-        out = predict(state, batch)
-        maps.append(np.asarray(out.anomaly_map[:n]))
-        scores.append(np.asarray(out.score[:n]))
-    return np.concatenate(maps), np.concatenate(scores)
+    """Maps [N, H, W] and scores [N] for all images as numpy arrays, in fixed-size batches
+    (one compile)."""
+    out = map_batches(jax.jit(lambda x: method.predict(state, x)), images, batch_size,
+                      to_host=True)
+    return out.anomaly_map, out.score
 
 
 def thresholded(test_scores, test_labels, val_scores, how: str, q: float, k: float,
@@ -91,31 +90,61 @@ def _save_images(folder: pathlib.Path, computed, test, maps, scores, fpr_limit) 
                  fpr_limit=fpr_limit, names=names)
 
 
-def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None = None,
-             fpr_limit: float | None = None,
-             save_images: bool = False) -> tuple[dict[str, Any], pathlib.Path]:
-    """Scores the test split of a trained run and writes an `eval` results record.
-
-    Returns the record and its path (default folder: `<workdir>/results`). With `save_images`,
-    the ROC, PR and PRO curves and overlays of the worst and best test images are drawn as PNG
-    into `<workdir>/images` (emptied of earlier PNGs first).
-    """
+def load_run(workdir: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, Any, Any]:
+    """(config, method, final state) of a finished training run in `workdir`."""
     workdir = pathlib.Path(workdir)
     config = load_config(workdir)
-    method = methods.build(config)
     try:
+        method = methods.build(config)
         state = restore(workdir, method, config)
     except (AttributeError, KeyError) as err:  # a config key this adjax expects is absent
         raise EvaluationError(
             f"{workdir}/config.json lacks the key {str(err).strip(chr(34))} that this version of "
             f"adjax needs (was it written by an older one?); train again in a new work "
             f"directory.") from err
-    test = datasets.test(config.data)
-    _, val = datasets.train_and_validation(config.data, config.seed)
+    return config, method, state
+
+
+def test_data_config(config: ml_collections.ConfigDict,
+                     overrides: dict[str, str] | None) -> ml_collections.ConfigDict:
+    """The run's `config.data` with `overrides` (root, category, layout, name) applied: a trained
+    model scored on another data set or category."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    for key, value in (overrides or {}).items():
+        if key not in ("root", "category", "layout", "name"):
+            raise EvaluationError(f"{key} cannot be changed at evaluation (root, category, "
+                                  f"layout and name can).")
+        if key in ("category", "name"):
+            path_component(value, f"--{key}")
+        data[key] = value
+    return data
+
+
+def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None = None,
+             fpr_limit: float | None = None, save_images: bool = False,
+             data: dict[str, str] | None = None,
+             log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], pathlib.Path]:
+    """Scores the test split of a trained run and writes an `eval` results record.
+
+    Returns the record and its path (default folder: `<workdir>/results`). `data` overrides the
+    run's data set (root, category, layout, name) to score the model on another one; thresholds
+    still come from the run's own validation images. With `save_images`, the ROC, PR and PRO
+    curves and overlays of the worst and best test images are drawn as PNG into
+    `<workdir>/images` (emptied of earlier PNGs first).
+    """
+    workdir = pathlib.Path(workdir)
+    config, method, state = load_run(workdir)
+    fpr_limit = config.eval.fpr_limit if fpr_limit is None else fpr_limit
+    if not 0.0 < fpr_limit <= 1.0:
+        raise EvaluationError(f"--fpr_limit must be in (0, 1], got {fpr_limit}.")
+    test_data = test_data_config(config, data)
+    test = datasets.test(test_data, log=log)
+    _, val = datasets.train_and_validation(config.data, config.seed, log=log)
     batch = config.eval.batch_size
+    if log is not None:
+        log(f"adjax: scoring {len(test)} test and {len(val)} validation images")
     maps, scores = predict_all(method, state, test.images, batch)
     val_maps, val_scores = predict_all(method, state, val.images, batch)
-    fpr_limit = fpr_limit or config.eval.fpr_limit
     computed = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=fpr_limit,
                                with_curves=save_images)
     if save_images:
@@ -126,15 +155,19 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     numbers = {key: (None if math.isnan(v) else v) for key, v in computed.items()
                if isinstance(v, float | int) and not isinstance(v, bool)}
     info = method.describe(state)
+    notes = {"missing": computed["missing"], "oracle": "image_f1_max and pixel_f1_max are "
+             "test-set-optimal (oracle) figures; *_val_* metrics use thresholds chosen on "
+             "validation images", **{k: v for k, v in info.items() if k != "params"}}
+    if data:
+        notes["trained_on"] = (f"{datasets.dataset_name(config.data)}/"
+                               f"{config.data.category or ''}")
     record = results.make_record(
         "eval", method=config.method, variant=config.get("variant", ""),
-        dataset=datasets.dataset_name(config.data), category=config.data.category or "",
+        dataset=datasets.dataset_name(test_data), category=test_data.category or "",
         image_size=config.data.image_size, metrics=numbers, config=config.to_dict(),
-        notes={"missing": computed["missing"], "oracle": "image_f1_max and pixel_f1_max are "
-               "test-set-optimal (oracle) figures; *_val_* metrics use thresholds chosen on "
-               "validation images", **{k: v for k, v in info.items() if k != "params"}},
+        notes=notes,
         run={"workdir": str(workdir.absolute()), "counts": computed["counts"],
              "params": info.get("params", {}), "test_images": len(test),
-             "val_images": len(val)})
+             "val_images": len(val), "steps": config.train.steps})
     path = results.write(record, results_dir or workdir / "results")
     return record, path

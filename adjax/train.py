@@ -1,202 +1,281 @@
 """The one trainer: every method trains here.
 
-The training split lives on the device as one uint8 array; each step draws its batch (an epoch-
-wise permutation, as a shuffling data loader) and the method augments inside the compiled step.
-`steps_per_call` steps are chunked with `jax.lax.scan`; the batch is sharded over a `data` mesh
-axis and the state replicated. Every step's randomness is `fold_in(key, step)`, so a run resumed
-from a checkpoint ends exactly where an uninterrupted run does.
+`train(config, workdir)` checks everything it can before any long work (the config's values,
+the work directory, a checkpointed run's config, the training and test splits), then trains in
+compiled chunks (`adjax.runtime`), checkpoints, and calibrates at the end. A work directory holds
+one run: the config its checkpoints were made with (`config.json`), the checkpoints, the
+per-chunk metrics (`metrics.jsonl`) and the parameter table (`parameters.txt`). Run again with
+the same config, training resumes from the last checkpoint and ends where an uninterrupted run
+ends; a config that differs in anything but the keys in `RESUMABLE` is refused.
 """
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import pathlib
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adjax import methods
+from adjax import config as config_lib
+from adjax import files, methods, runtime
 from adjax.checkpoint import Checkpoints
 from adjax.data import datasets
+from adjax.methods.base import parameter_table
+
+# Keys a resumed run may change: they cannot alter the steps already taken (`train.steps` may
+# only grow past the last checkpoint; what the evaluator reads is not used in training).
+RESUMABLE = ("train.steps", "train.steps_per_call", "train.loop", "train.checkpoint_every",
+             "train.keep_checkpoints", "train.log_every", "train.log_seconds", "data.cache_dir",
+             "eval.")
+# On a CPU, a schedule longer than this is one meant for an accelerator.
+_CPU_SIZED_STEPS = 5_000
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN)."""
+    """Training cannot start or go on; the message says why in one sentence."""
 
 
-def make_mesh(batch_size: int, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A 1-D `data` mesh over the most devices that divide the global batch evenly."""
-    devices = list(devices or jax.devices())
-    n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
-    if n < len(devices):
-        print(f"adjax: batch {batch_size} is split over {n} of {len(devices)} devices "
-              f"(the batch must divide evenly).", flush=True)
-    return jax.sharding.Mesh(np.asarray(devices[:n]), ("data",))
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Places a host array identical on every process onto `sharding` (works multi-host)."""
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
+    """Keys whose values differ between two configs (as dicts): {key: (saved, new)}; a key
+    absent on one side shows as "(absent)"."""
+    a, b = _flatten(saved), _flatten(new)
+    return {k: (a.get(k, "(absent)"), b.get(k, "(absent)")) for k in sorted(a.keys() | b.keys())
+            if a.get(k, "(absent)") != b.get(k, "(absent)")}
 
 
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Writes JSON to a temporary name in the same folder, then renames it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+def check_resume(saved: Mapping[str, Any], config: ml_collections.ConfigDict, workdir,
+                 last_step: int) -> None:
+    """Refuses, in one sentence, to resume `saved`'s checkpoints with a different config."""
+    new = json.loads(config.to_json_best_effort())
+    changed = {k: v for k, v in config_differences(saved, new).items()
+               if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)}
+    if changed:
+        listing = "; ".join(f"{k}: {old!r} there, {value!r} now"
+                            for k, (old, value) in list(changed.items())[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise TrainingError(
+            f"{workdir} holds checkpoints (step {last_step}) of a run with another config "
+            f"({listing}{more}); use a new --workdir, or the same config to resume.")
+    if config.train.steps < last_step:
+        raise TrainingError(
+            f"config.train.steps is {config.train.steps}, but {workdir} already holds a "
+            f"checkpoint at step {last_step}; use a new --workdir or at least {last_step} steps.")
 
 
-def _sample_batch(pool: dict[str, jax.Array], key: jax.Array, step: jax.Array,
-                  batch: int) -> dict[str, jax.Array]:
-    # Position `step * batch + i` in an endless sequence of per-epoch permutations of the pool;
-    # the arrays of one pool (images and their labels) share the indices.
-    n = jax.tree.leaves(pool)[0].shape[0]
-    pos = step * batch + jnp.arange(batch)
-    epoch, within = pos // n, pos % n
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+    """Holds an exclusive lock on the `workdir` folder itself (no lock file is left behind); a
+    second trainer there stops at once."""
+    fd = os.open(workdir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"another adjax train is running in {workdir}; wait for it to "
+                                f"finish or use another --workdir.") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
-    def index(e, w):
-        return jax.random.permutation(jax.random.fold_in(key, e), n)[w]
 
-    indices = jax.vmap(index)(epoch, within)
-    return {name: array[indices] for name, array in pool.items()}
+class Progress:
+    """Progress lines: every `log_every` steps and at least every `log_seconds` seconds.
 
-
-def make_chunk(method: methods.Method, config: ml_collections.ConfigDict,
-               batch_sharding: NamedSharding, length: int) -> Callable:
-    """The function that runs `length` steps: (state, pools, key) -> (state, mean metrics).
-
-    `pools` maps a pool name to aligned arrays ({"train": {"image", "label"}, "penalty":
-    {"penalty"}}); each step's batch holds `batch_size` samples of every pool.
-
-    On accelerators the steps are one compiled `lax.scan`. On CPU, XLA runs convolutions inside
-    a loop body several times slower than at the top level (measured: 5.5 s against 0.6 s for
-    one EfficientAD step), so there the chunk is a host loop over one compiled step. Either way
-    `chunk.compiled` is the jitted function XLA compiles (for compile-time measurements).
+    Rates and ETAs count from the end of the first call, so that compilation is not in them;
+    the first line says how long compiling and the first call took.
     """
-    batch_size = config.train.batch_size
 
-    def one_step(state, pools, key):
-        k_data, k_step = jax.random.split(jax.random.fold_in(key, state.step))
-        batch = {}
-        for i, (_, pool) in enumerate(sorted(pools.items())):
-            batch |= _sample_batch(pool, jax.random.fold_in(k_data, i), state.step, batch_size)
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        state, metrics = method.train_step(state, batch, k_step)
-        return state.replace(step=state.step + 1), metrics
+    def __init__(self, config: ml_collections.ConfigDict, start: int,
+                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+        self.total, self.every = config.train.steps, config.train.log_every
+        self.seconds = config.train.log_seconds
+        self.log, self.clock = log, clock
+        self.began = clock()
+        self.first: tuple[int, float] | None = None  # (step, time) at the end of the first call
+        self.last_step, self.last_time = start, self.began
 
-    if batch_sharding.mesh.devices.flat[0].platform == "cpu":
-        step = jax.jit(one_step, donate_argnums=0)
+    def rate(self, step: int, now: float) -> float | None:
+        """Steps per second since the first call, or None before a second one."""
+        if self.first is None or step <= self.first[0] or now <= self.first[1]:
+            return None
+        return (step - self.first[0]) / (now - self.first[1])
 
-        def host_loop(state, pools, key):
-            history = []
-            for _ in range(length):
-                state, metrics = step(state, pools, key)
-                history.append(metrics)
-            return state, jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *history)
+    def update(self, step: int, loss: Callable[[], float]) -> None:
+        """Called after each call (chunk or host step) with the step reached; `loss()` fetches
+        the last loss only when a line is printed."""
+        now = self.clock()
+        if self.first is None:
+            self.first = (step, now)
+            self.log(f"adjax: compiled and ran the first {step - self.last_step} step(s) in "
+                     f"{now - self.began:.1f} s; training goes on")
+        due = (step - self.last_step >= self.every or now - self.last_time >= self.seconds
+               or step == self.total)
+        if not due:
+            return
+        rate = self.rate(step, now)
+        speed = "" if rate is None else (
+            f"  {rate:.3g} steps/s  ETA {_duration((self.total - step) / rate)}")
+        self.log(f"step {step}/{self.total}  loss {loss():.4f}{speed}")
+        self.last_step, self.last_time = step, now
 
-        host_loop.compiled = step
-        return host_loop
 
-    def scanned(state, pools, key):
-        def body(state, _):
-            return one_step(state, pools, key)
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    return (f"{days}d " if days else "") + time.strftime("%H:%M:%S", time.gmtime(rest))
 
-        state, metrics = jax.lax.scan(body, state, length=length)
-        return state, jax.tree.map(jnp.mean, metrics)
 
-    chunk = jax.jit(scanned, donate_argnums=0)
-    chunk.compiled = chunk
-    return chunk
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           devices: Sequence[jax.Device] | None = None,
-          on_chunk: Callable[[int, dict[str, float]], None] | None = None) -> Any:
+          on_chunk: Callable[[int, dict[str, float]], None] | None = None,
+          log: Callable[[str], None] = _say,
+          clock: Callable[[], float] = time.monotonic) -> Any:
     """Trains `config`'s method in `workdir`, resuming from its last checkpoint; returns the
     final, calibrated state.
 
-    `on_chunk(step, metrics)` is called after every compiled chunk (progress hooks, tests).
+    `on_chunk(step, metrics)` is called after every compiled call with the step reached and the
+    mean metrics since the last one (progress hooks, tests); `log` prints progress lines and
+    `clock` times them.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tcfg = config.train
-    if tcfg.steps_per_call < 1 or tcfg.steps < 1:
-        raise ValueError("config.train.steps and config.train.steps_per_call must be positive.")
+    config_lib.validate(config)
     method = methods.build(config)
-    train_split, val_split = datasets.train_and_validation(config.data, config.seed)
-    mesh = make_mesh(tcfg.batch_size, devices)
-    replicated = NamedSharding(mesh, P())
-    pools = {"train": {"image": put_global(train_split.images, replicated),
-                       "label": put_global(train_split.labels, replicated)}}
-    pools |= {k: {k: put_global(v, replicated)} for k, v in method.extra_pools().items()}
-    write_json_atomic(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    workdir = files.ensure_folder(workdir, "work directory")
+    with workdir_lock(workdir):
+        checkpoints = Checkpoints(workdir / "checkpoints", config.train.keep_checkpoints)
+        try:
+            return _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock)
+        finally:
+            checkpoints.close()
 
+
+def _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock):
+    tcfg = config.train
+    start = checkpoints.latest_step()
+    saved_path = workdir / "config.json"
+    if start is not None:
+        saved = json.loads(files.read_text(saved_path, "config file")) \
+            if saved_path.is_file() else {}
+        check_resume(saved, config, workdir, start)
+    train_split, val_split = datasets.train_and_validation(config.data, config.seed, log=log)
+    n_test = datasets.check_test(config.data, log=log)
+    files.write_json(saved_path, json.loads(config.to_json_best_effort()))
+
+    mesh = runtime.make_mesh(tcfg.batch_size, devices, log=log)
+    replicated = NamedSharding(mesh, P())
+    platform = mesh.devices.flat[0].platform
+    if platform == "cpu" and tcfg.steps > _CPU_SIZED_STEPS:
+        log(f"adjax: note: {tcfg.steps:,} steps is a schedule sized for a GPU or TPU; on this "
+            f"CPU it can take hours (the ETA follows the first steps). The `quick` variant of "
+            f"each config is sized for a CPU.")
+    pools = runtime.place_pools({"image": train_split.images, "label": train_split.labels},
+                                method.extra_pools(), mesh)
     k_init, k_train = jax.random.split(jax.random.key(config.seed))
-    init = jax.jit(method.init, out_shardings=replicated)
-    checkpoints = Checkpoints(workdir / "checkpoints", tcfg.keep_checkpoints)
-    try:
-        start = checkpoints.latest_step()
-        if start is None:
-            state = init(k_init, pools["train"])
-            print(f"adjax: training {config.method}:{config.get('variant', '')} on "
-                  f"{len(train_split)} images ({len(val_split)} held out), "
-                  f"{mesh.size} device(s) [{jax.devices()[0].platform}]", flush=True)
-        else:
-            like = jax.eval_shape(init, k_init, pools["train"])
-            like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                                sharding=replicated), like)
-            state = checkpoints.restore(start, like)
-            print(f"adjax: resuming from the checkpoint at step {start}", flush=True)
-        state = _run(method, config, state, pools, k_train, mesh, checkpoints, workdir, on_chunk)
-        if checkpoints.latest_step() != tcfg.steps:
-            val = {"image": put_global(val_split.images, replicated)}
-            state = jax.jit(method.calibrate)(state, val)
-            checkpoints.save(tcfg.steps, state)
-    finally:
-        checkpoints.close()
+    where = (f"{len(train_split)} images ({len(val_split)} held out for calibration, {n_test} "
+             f"to test), {mesh.size} {platform} device(s)")
+    if start is None:
+        log(f"adjax: initialising {config.method}:{config.get('variant', '')} on {where}")
+        state = jax.device_put(method.init(k_init, pools["train"], method.pretrained()),
+                               replicated)
+    else:
+        like = jax.eval_shape(method.init, k_init, pools["train"])
+        like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                            sharding=replicated), like)
+        state = checkpoints.restore(start, like)
+        log(f"adjax: resuming {config.method}:{config.get('variant', '')} from the checkpoint "
+            f"at step {start} in {workdir}; {where}")
+    _parameters(method, state, workdir, log)
+    _truncate_metrics(workdir / "metrics.jsonl", start or 0)
+    if start != tcfg.steps:  # else: a finished run, already calibrated
+        state = _run(method, config, state, pools, k_train, mesh, checkpoints, workdir,
+                     on_chunk, Progress(config, start or 0, log, clock))
+        val = {"image": runtime.put_global(val_split.images, replicated)}
+        state = method.calibrate(state, val)
+        checkpoints.save(tcfg.steps, state)
     return state
 
 
-def _run(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk):
+def _parameters(method, state, workdir: pathlib.Path, log) -> None:
+    """Writes clu's parameter table to `parameters.txt` and logs the count per net."""
+    files.write_text(workdir / "parameters.txt", parameter_table(state.params) + "\n")
+    counts = method.describe(state)["params"]
+    log("adjax: parameters " + ", ".join(f"{name} {n:,}" for name, n in counts.items())
+        + f" (table: {workdir / 'parameters.txt'})")
+
+
+def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+    """Drops the lines of steps after `step` (redone after a resume) from `metrics.jsonl`."""
+    if not path.is_file():
+        return
+    lines = files.read_text(path, "metrics file").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        files.write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
+    """(index, metric, value) of the first step with a non-finite metric, or None."""
+    for i in range(len(next(iter(history.values())))):
+        for name, values in history.items():
+            if not math.isfinite(values[i]):
+                return i, name, float(values[i])
+    return None
+
+
+def _run(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk, progress):
     tcfg = config.train
     batch_sharding = NamedSharding(mesh, P("data"))
     chunks: dict[int, Callable] = {}
     step = int(state.step)
-    log_path = workdir / "metrics.jsonl"
-    start_time, start_step = time.perf_counter(), step
-    last_log = step
-    while step < tcfg.steps:
-        length = min(tcfg.steps_per_call, tcfg.steps - step)
-        if length not in chunks:  # a shorter last chunk compiles once more
-            chunks[length] = make_chunk(method, config, batch_sharding, length)
-        state, metrics = chunks[length](state, pools, key)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        step += length
-        if not all(math.isfinite(v) for v in metrics.values()):
-            bad = next(k for k, v in metrics.items() if not math.isfinite(v))
-            raise TrainingError(
-                f"{bad} became {metrics[bad]} in the steps up to {step}; the last good "
-                f"checkpoint is at step {checkpoints.latest_step()} in {workdir}.")
-        rate = (step - start_step) / (time.perf_counter() - start_time)
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics, "steps_per_s": rate}) + "\n")
-        if step - last_log >= tcfg.log_every or step == tcfg.steps:
-            eta = (tcfg.steps - step) / max(rate, 1e-9)
-            print(f"step {step}/{tcfg.steps}  loss {metrics['loss']:.4f}  {rate:.1f} steps/s  "
-                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
-            last_log = step
-        if step < tcfg.steps and step // tcfg.checkpoint_every > (step - length) // \
-                tcfg.checkpoint_every:
-            checkpoints.save(step, state)
-        if on_chunk is not None:
-            on_chunk(step, metrics)
+    with open(workdir / "metrics.jsonl", "a") as metrics_file:
+        while step < tcfg.steps:
+            length = min(tcfg.steps_per_call, tcfg.steps - step)
+            if length not in chunks:  # a shorter last chunk compiles once more
+                chunks[length] = runtime.make_chunk(method, config, batch_sharding, length)
+            first = step
+            state, history = chunks[length](
+                state, pools, key,
+                on_step=lambda s, m: progress.update(s, lambda: float(m["loss"])))
+            history = {k: np.asarray(v, np.float64) for k, v in history.items()}
+            step += length
+            bad = _first_bad(history)
+            if bad is not None:
+                i, name, value = bad
+                last = checkpoints.latest_step()
+                raise TrainingError(
+                    f"{name} became {value} at step {first + i + 1} (the first such step); "
+                    + (f"the last good checkpoint is at step {last} in {workdir}."
+                       if last is not None else "no checkpoint had been written yet."))
+            means = {k: float(v.mean()) for k, v in history.items()}
+            metrics_file.write(json.dumps({"step": step, "steps": length, **means}) + "\n")
+            metrics_file.flush()
+            if not chunks[length].per_step:
+                progress.update(step, lambda m=means: m["loss"])
+            if step < tcfg.steps and step // tcfg.checkpoint_every > first // \
+                    tcfg.checkpoint_every:
+                checkpoints.save(step, state)
+            if on_chunk is not None:
+                on_chunk(step, means)
     return state

@@ -53,10 +53,12 @@ SETS = ("digits", "mnist", "fmnist", "kmnist", "cifar10", "coil100")
 PROTOCOLS = ("", "1pct", "standard", "standard-1pct", "oneclass")
 
 
+VARIANTS = ("quick", *(f"{s}-{p}" if p else s for s in SETS for p in PROTOCOLS))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """CapsNet config; `arg` is `quick` or `<set>[-<protocol>]` (see the module docstring)."""
-    known = ("quick", *(f"{s}-{p}" if p else s for s in SETS for p in PROTOCOLS))
-    variant = common.parse_variant(arg, known, default="mnist")
+    variant = common.parse_variant(arg, VARIANTS, default="mnist")
     name, _, protocol = ("digits", "", "") if variant == "quick" else variant.partition("-")
     cfg = ml_collections.ConfigDict()
     cfg.method = "capsnet"

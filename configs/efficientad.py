@@ -3,7 +3,6 @@ r"""EfficientAD (Batzner, Heckler, Koenig; WACV 2024): PDN student-teacher plus 
 Variants: `s` (PDN-S), `m` (PDN-M) with the reference schedule (70,000 steps at batch 1), and
 `quick`, a CPU-sized PDN-S (128 px, quarter width, 600 steps at batch 1) on the embedded data.
 
-  adjax data synth --out data/synth
   adjax train --config=configs/efficientad.py:quick --workdir=runs/efficientad-quick
   adjax eval --workdir=runs/efficientad-quick
 
@@ -21,10 +20,12 @@ import ml_collections
 
 from adjax import config as common
 
+VARIANTS = ("s", "m", "quick")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """EfficientAD config; `arg` is one of s, m, quick."""
-    variant = common.parse_variant(arg, ("s", "m", "quick"), default="s")
+    variant = common.parse_variant(arg, VARIANTS, default="s")
     cfg = common.base_config("efficientad", variant)
     cfg.data = common.data_config()
     cfg.model = ml_collections.ConfigDict(
@@ -32,6 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             size="m" if variant == "m" else "s",
             out_channels=384,      # teacher width; the student has twice this
             width=1.0,             # hidden-width multiplier (1.0 = reference)
+            padding=False,         # padded PDN convolutions (reference: only for pre-training)
+            input_pad=0,           # reflect-pad the input by this many pixels (reference: 0)
             ae_dropout=0.0,        # reference code: none; the paper's table: 0.2
             teacher_path="",       # empty: random teacher (reported as such)
             dtype="float32",       # computation dtype: float32 or bfloat16 (params stay float32)
@@ -57,10 +60,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     checkpoint_every=5_000, log_every=1_000)
     cfg.eval = common.eval_config()
     if variant == "quick":
-        cfg.data = common.data_config(name="synth", root=common.SYNTH_ROOT, category="tiles",
-                                      image_size=128)
-        cfg.model.width = 0.25
-        cfg.model.out_channels = 96
+        cfg.data = common.embedded_data_config()
+        # At 128 px the reference's unpadded PDN maps only the inner 96 x 96 pixels (a 24 x 24
+        # map, padded by 4 cells of 0): the outer 12.5 % on each side would be blind. The
+        # quick nets see the image reflect-padded by 16 px (160 px), so their 32 x 32 map
+        # covers the whole 128 px image with unpadded, reference convolutions and no map
+        # padding. (Padded convolutions, the other way, put the largest normal scores on the
+        # border.) s and m keep the reference's input and border.
+        cfg.model.update(width=0.25, out_channels=96, input_pad=16)
+        cfg.map.pad = 0
         cfg.train = common.train_config(steps=600, batch_size=1, steps_per_call=50,
                                         checkpoint_every=200, log_every=100)
     return cfg

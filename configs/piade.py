@@ -17,7 +17,6 @@ Variants:
 * `quick`: a quarter-width network, no perceptual term, the image score the map's maximum
   (`score.reduce`), on the embedded data (~1 min on a CPU).
 
-  adjax data synth --out data/synth
   adjax train --config=configs/piade.py:quick --workdir=runs/piade-quick
   adjax eval --workdir=runs/piade-quick
 
@@ -55,11 +54,12 @@ import ml_collections
 from adjax import config as common
 from adjax.data.labelled import data_config
 
+VARIANTS = ("mvtec", "code", "cifar10", "coil100", "quick")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """PIADE config; `arg` is one of mvtec, code, cifar10, coil100, quick."""
-    variant = common.parse_variant(arg, ("mvtec", "code", "cifar10", "coil100", "quick"),
-                                   default="mvtec")
+    variant = common.parse_variant(arg, VARIANTS, default="mvtec")
     cfg = common.base_config("piade", variant)
     cfg.data = common.data_config(image_size=120)
     cfg.model = ml_collections.ConfigDict(dict(
@@ -108,8 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.train.update(steps=15_000 if variant == "cifar10" else 400,
                          checkpoint_every=1000 if variant == "cifar10" else 200)
     if variant == "quick":
-        cfg.data = common.data_config(name="synth", root=common.SYNTH_ROOT, category="tiles",
-                                      image_size=120)
+        cfg.data = common.embedded_data_config(image_size=120)
         cfg.model.update(width=0.25, upsample_widths=(128, 128), upsample_channels=128)
         cfg.loss.perceptual = cfg.score.perceptual = 0.0
         cfg.score.reduce = "max"  # the embedded defects cover 0.3-5% of an image

@@ -15,7 +15,6 @@ Variants:
 * `quick`: a quarter-width network, MSE only, the image score the map's maximum, on the
   embedded data (~1 min on a CPU).
 
-  adjax data synth --out data/synth
   adjax train --config=configs/pyramid_ae.py:quick --workdir=runs/pyramid-ae-quick
   adjax eval --workdir=runs/pyramid-ae-quick
 
@@ -43,10 +42,12 @@ import ml_collections
 from adjax import config as common
 from adjax.data.labelled import data_config
 
+VARIANTS = ("mvtec", "mnist", "fmnist", "quick")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Pyramidal auto-encoder config; `arg` is one of mvtec, mnist, fmnist, quick."""
-    variant = common.parse_variant(arg, ("mvtec", "mnist", "fmnist", "quick"), default="mvtec")
+    variant = common.parse_variant(arg, VARIANTS, default="mvtec")
     cfg = common.base_config("pyramidal_ae", variant)
     cfg.data = common.data_config(image_size=120)
     cfg.model = ml_collections.ConfigDict(dict(
@@ -81,8 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.train.update(steps=27_000, checkpoint_every=3000, log_every=500)
         cfg.eval.batch_size = 100
     if variant == "quick":
-        cfg.data = common.data_config(name="synth", root=common.SYNTH_ROOT, category="tiles",
-                                      image_size=120)
+        cfg.data = common.embedded_data_config(image_size=120)
         cfg.model.update(width=0.25, branch_channels=32, hidden=64)
         cfg.loss.perceptual = 0.0
         cfg.score.reduce = "max"  # the embedded defects cover 0.3-5% of an image

@@ -8,7 +8,6 @@ pi-weighted NLL with softplus as log-variance, +SSIM in the image score), and `q
 CPU-sized model (128 px, 16 px patches, width 256, 200 steps, the code's NLL: see below) on the
 embedded data.
 
-  adjax data synth --out data/synth
   adjax train --config=configs/vtadl.py:quick --workdir=runs/vtadl-quick
   adjax eval --workdir=runs/vtadl-quick
 
@@ -39,10 +38,12 @@ import ml_collections
 
 from adjax import config as common
 
+VARIANTS = ("paper", "code", "quick")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """VT-ADL config; `arg` is one of paper, code, quick."""
-    variant = common.parse_variant(arg, ("paper", "code", "quick"), default="paper")
+    variant = common.parse_variant(arg, VARIANTS, default="paper")
     cfg = common.base_config("vtadl", variant)
     cfg.data = common.data_config(image_size=512)  # BTAD: "scaled to 512"
     cfg.model = ml_collections.ConfigDict(
@@ -84,8 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.loss.nll = "code"
         cfg.score.ssim_sign = 1.0
     if variant == "quick":
-        cfg.data = common.data_config(name="synth", root=common.SYNTH_ROOT, category="tiles",
-                                      image_size=128)
+        cfg.data = common.embedded_data_config()
         # 8 x 8 tokens of 16 px; a wide, shallow encoder; a 128-D capsule as 4 x 4 x 8,
         # decoded 4 -> 8 -> 15 -> 31 -> 62 -> 128.
         cfg.model.update(patch=16, dim=256, depth=2, heads=4, mlp_dim=512, components=10,

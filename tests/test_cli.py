@@ -15,6 +15,7 @@ from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "--config=configs/efficientad.py:quick"
+COMMANDS = ["data synth", "train", "eval", "predict", "config", "bench", "tables"]
 
 
 def _adjax(*args: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:
@@ -51,7 +52,7 @@ def test_no_arguments_prints_the_usage(tmp_path):
     assert "Traceback" not in proc.stderr
     usage = proc.stdout + proc.stderr
     assert "usage: adjax" in usage
-    assert _usage_commands(usage) == ["data synth", "train", "eval", "bench", "tables"]
+    assert _usage_commands(usage) == COMMANDS
 
 
 def test_tables_rebuilds_a_published_table(tmp_path):
@@ -72,8 +73,7 @@ def test_unknown_command(tmp_path):
     assert "'frob'" in first
     assert "unknown command" in first
     # Anything after the error line is the usage, as a reminder of the valid commands.
-    assert not rest.strip() or _usage_commands(rest) == [
-        "data synth", "train", "eval", "bench", "tables"]
+    assert not rest.strip() or _usage_commands(rest) == COMMANDS
 
 
 def test_train_with_an_unknown_config_key(tmp_path):

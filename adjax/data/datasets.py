@@ -1,50 +1,115 @@
-"""The splits a run uses, from its `config.data` block: train, validation and test."""
+"""The splits a run uses, from its `config.data` block: train, validation and test.
 
-import os
+Every layout is a `Source` in `SOURCES`: the image-folder layouts of `adjax.data.layouts`
+(MVTec AD, MPDD, BTAD, VisA, a plain folder) and the labelled sets of `adjax.data.labelled`.
+`config.data.root = "embedded"` names the embedded synthetic data set, written to the cache on
+first use.
+"""
+
 import pathlib
+from collections.abc import Callable
+from typing import Protocol
 
 import ml_collections
 
-from adjax.data.layouts import list_samples
-from adjax.data.loading import Split, load_split, split_validation
+from adjax.config import EMBEDDED
+from adjax.data import labelled, synthetic
+from adjax.data.layouts import LAYOUTS, DataError, list_samples
+from adjax.data.loading import Split, cache_dir, load_split, split_validation
+
+Log = Callable[[str], None]
 
 
-def cache_dir(cfg: ml_collections.ConfigDict) -> pathlib.Path:
-    """Where decoded arrays are cached: config.data.cache_dir, $ADJAX_CACHE or ~/.cache/adjax."""
-    if cfg.cache_dir:
-        return pathlib.Path(cfg.cache_dir)
-    return pathlib.Path(os.environ.get("ADJAX_CACHE", pathlib.Path.home() / ".cache" / "adjax"))
+class Source(Protocol):
+    """How one kind of data set gives its splits."""
+
+    def train_and_validation(self, cfg: ml_collections.ConfigDict, seed: int,
+                             log: Log | None) -> tuple[Split, Split]: ...
+    def test(self, cfg: ml_collections.ConfigDict, log: Log | None) -> Split | None: ...
+    def name(self, cfg: ml_collections.ConfigDict) -> str: ...
 
 
-def _load(cfg: ml_collections.ConfigDict, split: str) -> Split:
+def root(cfg: ml_collections.ConfigDict, log: Log | None = None) -> pathlib.Path:
+    """The data set's folder: `cfg.root`, or the embedded data set's copy in the cache."""
     if not cfg.root:
-        raise ValueError("config.data.root is empty: point it at the data set's folder.")
-    samples = list_samples(cfg.layout, cfg.root, cfg.category or None, split)
-    return load_split(samples, cfg.image_size, cache_dir(cfg))
+        raise DataError("config.data.root is empty: point it at the data set's folder (or "
+                        "set it to 'embedded' for the embedded data set).")
+    if cfg.root == EMBEDDED:
+        return synthetic.embedded_root(cache_dir(cfg.cache_dir), log)
+    return pathlib.Path(cfg.root)
 
 
-def train_and_validation(cfg: ml_collections.ConfigDict, seed: int) -> tuple[Split, Split]:
-    """The normal training images, with `cfg.val_fraction` of them held out for calibration."""
-    if cfg.layout == "labelled":  # one-class / imbalanced protocols over labelled image sets
-        from adjax.data import labelled
+class ImageFolders:
+    """The folder layouts: decoded once into the cache, then read from it."""
 
+    def _load(self, cfg, split: str, log: Log | None) -> Split:
+        samples = list_samples(cfg.layout, root(cfg, log), cfg.category or None, split)
+        return load_split(samples, cfg.image_size, cache_dir(cfg.cache_dir), log=log)
+
+    def train_and_validation(self, cfg, seed, log):
+        return split_validation(self._load(cfg, "train", log), cfg.val_fraction, seed)
+
+    def test(self, cfg, log):
+        return None if cfg.layout == "folder" else self._load(cfg, "test", log)
+
+    def name(self, cfg):
+        if cfg.name:
+            return cfg.name
+        if cfg.root == EMBEDDED or (cfg.root and synthetic.is_synthetic(cfg.root)):
+            return "synth"
+        return cfg.layout
+
+
+class Labelled:
+    """The one-class and imbalanced protocols over labelled sets (`adjax.data.labelled`)."""
+
+    def train_and_validation(self, cfg, seed, log):
         return labelled.train_and_validation(cfg, seed)
-    return split_validation(_load(cfg, "train"), cfg.val_fraction, seed)
 
-
-def test(cfg: ml_collections.ConfigDict) -> Split:
-    """The test split with labels, masks and defect types."""
-    if cfg.layout == "labelled":
-        from adjax.data import labelled
-
+    def test(self, cfg, log):
         return labelled.test(cfg)
-    return _load(cfg, "test")
+
+    def name(self, cfg):
+        return labelled.canonical_name(cfg.name)
+
+
+SOURCES: dict[str, Source] = {**{layout: ImageFolders() for layout in LAYOUTS},
+                              "labelled": Labelled()}
+
+
+def _source(cfg: ml_collections.ConfigDict) -> Source:
+    if cfg.layout not in SOURCES:
+        raise DataError(f"config.data.layout {cfg.layout!r} is not one of "
+                        f"{', '.join(SOURCES)}.")
+    return SOURCES[cfg.layout]
+
+
+def train_and_validation(cfg: ml_collections.ConfigDict, seed: int,
+                         log: Log | None = None) -> tuple[Split, Split]:
+    """The normal training images (plus labelled anomalies where the protocol has them), with
+    `cfg.val_fraction` of the normal ones held out for calibration."""
+    return _source(cfg).train_and_validation(cfg, seed, log)
+
+
+def test(cfg: ml_collections.ConfigDict, log: Log | None = None) -> Split:
+    """The test split with labels, masks and defect types."""
+    split = _source(cfg).test(cfg, log)
+    if split is None:
+        raise DataError(f"the {cfg.layout!r} layout has no test split (it holds normal images "
+                        f"only); score images with `adjax predict`, or evaluate on a data set "
+                        f"with one (--root/--category of `adjax eval`).")
+    return split
+
+
+def check_test(cfg: ml_collections.ConfigDict, log: Log | None = None) -> int:
+    """Lists and decodes the test split now (it is cached for the evaluation), so that a
+    missing mask or an undecodable test image stops a run before training; returns its size
+    (0 for a layout without one)."""
+    split = _source(cfg).test(cfg, log)
+    return 0 if split is None else len(split)
 
 
 def dataset_name(cfg: ml_collections.ConfigDict) -> str:
-    """The data set's name in results records: config.data.name, else the layout."""
-    if cfg.layout == "labelled":
-        from adjax.data import labelled
-
-        return labelled.canonical_name(cfg.name)
-    return cfg.name or cfg.layout
+    """The data set's name in results records: `config.data.name` if set; else "synth" for the
+    embedded data set (or a copy written by `adjax data synth`), else the layout."""
+    return _source(cfg).name(cfg)

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from adjax.data.layouts import DataError
-from adjax.data.loading import Split, _write_cache, split_validation
+from adjax.data.loading import Split, _write_cache, cache_dir, split_validation
 
 # config name -> (TFDS name, label feature, TFDS test split or "" when the set has none)
 _TFDS = {
@@ -91,18 +91,12 @@ def load(cfg: ml_collections.ConfigDict) -> LabelledSet:
     tfds_name, label_key, test_split = _TFDS[name]
     data_dir = cfg.tfds_dir or None
     train_images, train_labels = read_tfds(tfds_name, "train", label_key, data_dir,
-                                           _cache_dir(cfg))
+                                           cache_dir(cfg.cache_dir))
     if not test_split:
         return _holdout(name, train_images, train_labels, cfg.test_fraction, cfg.split_seed)
     test_images, test_labels = read_tfds(tfds_name, test_split, label_key, data_dir,
-                                         _cache_dir(cfg))
+                                         cache_dir(cfg.cache_dir))
     return LabelledSet(name, train_images, train_labels, test_images, test_labels)
-
-
-def _cache_dir(cfg: ml_collections.ConfigDict) -> pathlib.Path:
-    from adjax.data.datasets import cache_dir
-
-    return cache_dir(cfg)
 
 
 def read_tfds(name: str, split: str, label_key: str, data_dir: str | None,

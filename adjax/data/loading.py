@@ -14,7 +14,7 @@ import json
 import os
 import pathlib
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -79,8 +79,19 @@ class Split:
         )
 
 
+def cache_dir(configured: str = "") -> pathlib.Path:
+    """Where decoded arrays are cached: `configured` (config.data.cache_dir), else $ADJAX_CACHE,
+    else ~/.cache/adjax."""
+    if configured:
+        return pathlib.Path(configured)
+    return pathlib.Path(os.environ.get("ADJAX_CACHE", pathlib.Path.home() / ".cache" / "adjax"))
+
+
 def load_split(
-    samples: Sequence[Sample], image_size: int, cache_dir: str | os.PathLike | None = None
+    samples: Sequence[Sample],
+    image_size: int,
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Split:
     """Decodes, converts to RGB and resizes every sample's image and mask to S×S.
 
@@ -90,6 +101,7 @@ def load_split(
       cache_dir: if given, the arrays are stored there as one ``.npz`` keyed by the files' paths,
         sizes and modification times and by ``image_size``; a later call with the same inputs
         reads it back without decoding. A changed file gives a new key.
+      log: called with one line before images are decoded (not when they come from the cache).
 
     Returns:
       A ``Split`` with uint8 images [N, S, S, 3], uint8 masks [N, S, S] in {0, 1}, int32 labels.
@@ -118,6 +130,10 @@ def load_split(
             images, masks = cached
             return Split(images, masks, labels, defects, paths)
 
+    if log is not None:
+        folder = os.path.commonpath([str(s.image.parent) for s in samples])
+        log(f"adjax: decoding {len(samples)} images of {folder} at {image_size} px"
+            + (" (cached for later runs)" if cache_path is not None else ""))
     images = np.empty((len(samples), image_size, image_size, 3), dtype=np.uint8)
     masks = np.empty((len(samples), image_size, image_size), dtype=np.uint8)
     # Pillow releases the GIL while decoding and resizing, so threads give a real speed-up.

@@ -29,6 +29,7 @@ import math
 import os
 import pathlib
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["CATEGORIES", "DEFECT_TYPES", "write_dataset"]
+from adjax import files
+
+__all__ = ["CATEGORIES", "DEFECT_TYPES", "embedded_root", "is_synthetic", "write_dataset"]
 
 CATEGORIES: tuple[str, ...] = ("tiles", "disc")
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "hole", "stain", "crack")
@@ -53,6 +56,8 @@ _ALPHA_FLOOR = 0.1
 _MAX_DEFECT_TRIES = 200
 _MIN_IMAGE_SIZE = 32
 _README_HEADER = "adjax synthetic anomaly-detection data set"
+# Bump when the generator's output changes: the embedded copy in the cache is then rewritten.
+EMBEDDED_VERSION = 1
 _SPLIT_TRAIN, _SPLIT_TEST_GOOD, _SPLIT_DEFECT0 = 0, 1, 2  # defect k: split 2 + k
 
 _F32 = np.float32
@@ -506,7 +511,9 @@ def _save_png(array: np.ndarray, path: pathlib.Path) -> None:
     # uint8 (H, W) becomes mode "L", (H, W, 3) mode "RGB". Fast settings: grain barely
     # compresses anyway, so zlib level 1 with Huffman coding only (strategy 2) gives files
     # about 10% larger than the default level 6 in a fifth of the time.
-    Image.fromarray(array).save(path, format="PNG", compress_level=1, compress_type=2)
+    image = Image.fromarray(array)
+    files.write_with(path, lambda f: image.save(f, format="PNG", compress_level=1,
+                                                compress_type=2), binary=True)
 
 
 def _readme(seed: int, image_size: int, counts: dict[str, int], categories: Sequence[str]) -> str:
@@ -612,10 +619,9 @@ def write_dataset(
         raise ValueError(f"seed must be a non-negative integer, got {seed}.")
     size, seed = int(image_size), int(seed)
 
-    root = pathlib.Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = files.ensure_folder(out, "data set folder")
     cat_dirs = [_prepare_category_dir(root, cat) for cat in categories]
-    (root / "README.txt").write_text(_readme(seed, size, counts, categories))
+    files.write_text(root / "README.txt", _readme(seed, size, counts, categories))
 
     jobs: list[tuple[str, int, str | None, int, pathlib.Path, pathlib.Path | None]] = []
     for cat, cat_dir in zip(categories, cat_dirs, strict=True):
@@ -663,4 +669,37 @@ def write_dataset(
         with ThreadPoolExecutor(workers) as pool:
             for _ in pool.map(run, jobs):  # iterating re-raises the first worker exception
                 pass
+    return root
+
+
+def is_synthetic(root: str | os.PathLike) -> bool:
+    """Whether `root` holds a data set written by `write_dataset` (its README.txt says so)."""
+    readme = pathlib.Path(root) / "README.txt"
+    try:
+        return readme.read_text(errors="replace").startswith(_README_HEADER)
+    except OSError:
+        return False
+
+
+def embedded_root(cache: str | os.PathLike,
+                  log: Callable[[str], None] | None = None) -> pathlib.Path:
+    """The embedded data set (`write_dataset`'s defaults) in the cache folder `cache`, written
+    there on first use: into a temporary folder, then renamed, so that a crash or a second
+    process never sees half of it."""
+    root = pathlib.Path(cache) / f"embedded-v{EMBEDDED_VERSION}"
+    if is_synthetic(root):
+        return root
+    if log is not None:
+        log(f"adjax: writing the embedded data set to {root} (once; a few seconds)")
+    parent = files.ensure_folder(root.parent, "cache folder")
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=parent, prefix=f".{root.name}."))
+    try:
+        write_dataset(tmp)
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process finished first
+            if not is_synthetic(root):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
