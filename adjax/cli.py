@@ -219,32 +219,34 @@ def _bench() -> None:
 
 
 def _tables() -> None:
+    # Reads the records under --results and prints one table (a hint of what a readable
+    # selection left out goes to stderr; see tables.overview).
     from adjax import files, results, tables
 
     records = results.read_all(FLAGS.results)
+    if not records:
+        raise ValueError(f"no results records under {FLAGS.results} (searched it and its "
+                         f"subfolders for *.json files whose object has 'schema' and 'kind').")
     if FLAGS.update:
         for name in FLAGS.update:
-            path = pathlib.Path(name)
-            files.write_text(path, tables.update_blocks(files.read_text(path, "file"), records))
-            print(f"adjax: regenerated the tables in {path}")
+            text = files.read_text(name, what="Markdown file")
+            files.write_text(name, tables.update_blocks(text, records))
+            print(f"adjax: regenerated the tables in {name}")
         return
     if FLAGS.list:
-        for source, table, caption in tables.list_tables(records):
-            print(f"{table}\t{source}\t{caption}")
+        print(tables.table_list(records, fmt=FLAGS.format))
         return
     if FLAGS.table:
-        print(tables.thesis_table(records, FLAGS.table, source=FLAGS.publication,
+        print(tables.thesis_table(records, FLAGS.table, publication=FLAGS.publication,
                                   fmt=FLAGS.format))
         return
-    if FLAGS.method:
-        records = [r for r in records if r["method"] == FLAGS.method]
-    if FLAGS.dataset:
-        records = [r for r in records if r["dataset"] == FLAGS.dataset]
-    if FLAGS.kind == "bench":
-        print(tables.speed_table(records, fmt=FLAGS.format))
-        return
-    print(tables.render(records, fmt=FLAGS.format, source=FLAGS.source,
-                        metric_names=FLAGS.metrics or None))
+    table, hint = tables.overview(
+        records, fmt=FLAGS.format, source="bench" if FLAGS.kind == "bench" else FLAGS.source,
+        method=FLAGS.method, dataset=FLAGS.dataset, metric_names=FLAGS.metrics,
+        everything=FLAGS.all, where=FLAGS.results)
+    print(table)
+    if hint:
+        print(f"adjax tables: {hint}", file=sys.stderr)
 
 
 def _define_config() -> None:
@@ -304,20 +306,24 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("peer", None, "Also time a peer implementation: anomalib.")
         return _bench
     if command == "tables":
-        flags.DEFINE_string("results", "results", "Folder of results records (searched "
-                            "recursively).")
+        flags.DEFINE_string("results", "results", "Folder of results records or of work "
+                            "directories, searched recursively (non-record JSON is skipped).")
         flags.DEFINE_enum("format", "md", ["md", "latex", "csv"], "Output format.")
         flags.DEFINE_enum("source", "adjax", ["adjax", "paper", "all"],
                           "adjax runs, published numbers, or both side by side.")
-        flags.DEFINE_list("metrics", [], "Metric columns (default: all present).")
+        flags.DEFINE_list("metrics", [], "Metric columns (default: the main metrics; with "
+                          "--all or --format=csv every metric present).")
+        flags.DEFINE_bool("all", False, "Every metric and, with --source=all, every series "
+                          "(default: a readable selection; CSV is always complete).")
         flags.DEFINE_enum("kind", "metrics", ["metrics", "bench"],
                           "Accuracy tables, or the speed table of the bench records.")
-        flags.DEFINE_string("method", None, "Only this method.")
+        flags.DEFINE_string("method", None, "Only this method (as the records name it).")
         flags.DEFINE_string("dataset", None, "Only this data set.")
         flags.DEFINE_string("table", None, "Rebuild one published table by its id (see --list).")
-        flags.DEFINE_string("publication", None, "With --table: part of the citation that "
-                            "picks the publication.")
-        flags.DEFINE_bool("list", False, "List the published tables that can be rebuilt.")
+        flags.DEFINE_string("publication", None, "With --table: a word of the citation that "
+                            "picks the publication (--list shows one for each table).")
+        flags.DEFINE_bool("list", False, "List the published tables that can be rebuilt, with "
+                          "the word to pass to --publication.")
         flags.DEFINE_list("update", [], "Markdown files whose `<!-- adjax tables ... -->` "
                           "blocks to regenerate (e.g. README.md).")
         return _tables

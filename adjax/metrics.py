@@ -5,18 +5,20 @@ sampling, no binning, ties handled the way scikit-learn and the official MVTec A
 handle them (all samples that share a score form one threshold).
 
 Definitions (a sample is *positive* / anomalous when its label is 1; a prediction is positive
-when ``score >= threshold``; thresholds are the distinct scores):
+when ``score >= threshold``; thresholds are the distinct scores); ``compute`` reports each at
+image level (``image_*``) and, given maps and masks, at pixel level (``pixel_*``):
 
-* ``roc_auc`` -- area under the ROC curve (trapezoid over the exact curve), equal to
+* ``auroc`` -- area under the ROC curve (trapezoid over the exact curve), equal to
   ``sklearn.metrics.roc_auc_score``. Constant scores give exactly 0.5.
-* ``average_precision`` -- step-wise AP, ``sum_k (R_k - R_{k-1}) P_k`` over the distinct
+* ``ap`` -- step-wise average precision, ``sum_k (R_k - R_{k-1}) P_k`` over the distinct
   thresholds, equal to ``sklearn.metrics.average_precision_score`` (NOT a trapezoid).
 * ``f1_max`` -- the maximum over thresholds of ``F1 = 2 TP / (2 TP + FP + FN)``, the same
-  values as ``2 P R / (P + R)`` from ``sklearn.metrics.precision_recall_curve``; returned with
-  its threshold.
-* ``pr_auc_trapezoid`` -- trapezoid area under the PR curve including the ``(R=0, P=1)`` end
-  point, i.e. ``sklearn.metrics.auc(recall, precision)`` after ``precision_recall_curve``. Only
-  for compatibility: it gives about 0.5+ to a constant detector. Prefer ``average_precision``.
+  values as ``2 P R / (P + R)`` from ``sklearn.metrics.precision_recall_curve``; reported with
+  its threshold (``*_f1_threshold``).
+* ``pr_auc_trapezoid`` (images only) -- trapezoid area under the PR curve including the
+  ``(R=0, P=1)`` end point, i.e. ``sklearn.metrics.auc(recall, precision)`` after
+  ``precision_recall_curve``. Only for compatibility: it gives about 0.5+ to a constant
+  detector. Prefer ``image_ap``.
 * ``aupro`` -- the MVTec AD AU-PRO (Bergmann et al., official ``evaluate_experiment.py``):
   ground-truth regions are the 8-connected components of each mask (``scipy.ndimage.label``,
   3x3 ones, per image); at each distinct threshold ``t`` (scores sorted descending, a pixel
@@ -76,7 +78,7 @@ pixels) ``compute`` reports it as ``nan`` and puts a one-sentence reason under
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -87,16 +89,10 @@ from jax import lax
 from scipy import ndimage
 
 __all__ = [
-    "aupro",
-    "average_precision",
     "binary_metrics",
     "compute",
-    "compute_many",
     "f1_max",
     "label_regions",
-    "pr_auc_trapezoid",
-    "ranking_metrics",
-    "roc_auc",
     "threshold_from_validation",
 ]
 
@@ -461,54 +457,16 @@ def _image_metrics(r: _Ranked) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def ranking_metrics(scores, labels) -> dict[str, float]:
-    """AUROC, AP, F1-max (+ threshold) and the trapezoid PR area from ONE sort.
-
-    Args:
-      scores: any shape, real (higher = more anomalous); flattened.
-      labels: same size, {0, 1} or bool (1 = anomalous).
-
-    Returns:
-      ``{"auroc", "ap", "f1_max", "f1_threshold", "pr_auc_trapezoid"}`` as Python floats.
-      ``auroc`` is NaN when one class is absent; the others are NaN without positives.
-    """
-    words, w = _binary_inputs(scores, labels)
-    return _image_metrics(_rank(words, w, trapz=True))
-
-
-def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve; equals ``sklearn.metrics.roc_auc_score`` (ties count 1/2).
-
-    ``AUROC = P(s+ > s-) + P(s+ == s-)/2``; NaN when only one class is present.
-    """
-    return ranking_metrics(scores, labels)["auroc"]
-
-
-def average_precision(scores, labels) -> float:
-    """Step-wise AP, ``sum_k (R_k - R_{k-1}) P_k``; equals ``average_precision_score``.
-
-    NaN when there is no positive sample.
-    """
-    return ranking_metrics(scores, labels)["ap"]
-
-
 def f1_max(scores, labels) -> tuple[float, float]:
     """``(best F1, its threshold)`` over all distinct thresholds (positive iff ``s >= t``).
 
     F1 at each threshold equals ``2PR/(P+R)`` from ``sklearn.metrics.precision_recall_curve``.
     Among thresholds with exactly equal F1 the highest is returned. NaN without positives.
     """
-    m = ranking_metrics(scores, labels)
+    words, w = _binary_inputs(scores, labels)
+    # trapz=True: the kernel `compute` compiles for image scores, so no second compile
+    m = _image_metrics(_rank(words, w, trapz=True))
     return m["f1_max"], m["f1_threshold"]
-
-
-def pr_auc_trapezoid(scores, labels) -> float:
-    """Trapezoid area under the PR curve, ``sklearn.metrics.auc(recall, precision)``.
-
-    For compatibility with papers that report it as "PR-AUC" (e.g. the seed-003 thesis); it is
-    biased upwards (a constant detector gets ~(1 + prevalence)/2). Prefer ``average_precision``.
-    """
-    return ranking_metrics(scores, labels)["pr_auc_trapezoid"]
 
 
 def label_regions(gt_masks) -> tuple[np.ndarray, int]:
@@ -555,22 +513,8 @@ def _aupro_value(r: _Ranked, n_regions: int, n_ok: int) -> float:
     return float(min(max(r.pro_area / (n_regions * r.lam), 0.0), 1.0))
 
 
-def aupro(anomaly_maps, gt_masks, fpr_limit: float = 0.3, *,
-          chunk_pixels: int | None = None) -> float:
-    """Normalised area under the PRO curve up to ``fpr_limit`` (official MVTec AD definition).
-
-    See the module docstring for the definition. Args: ``anomaly_maps`` [N, H, W] real,
-    ``gt_masks`` [N, H, W] {0, 1}/bool, ``fpr_limit`` in (0, 1]. Returns a float in [0, 1];
-    NaN when the masks contain no anomalous pixel or no normal pixel.
-    """
-    fpr_limit = _check_limit(fpr_limit)
-    words, w, n_regions, n_ok = _pixel_inputs(anomaly_maps, gt_masks)
-    r = _rank(words, w, lam=fpr_limit * n_ok, pro=True, trapz=False, chunk=chunk_pixels)
-    return _aupro_value(r, n_regions, n_ok)
-
-
 # --------------------------------------------------------------------------------------------
-# compute / compute_many
+# compute
 # --------------------------------------------------------------------------------------------
 
 
@@ -680,49 +624,6 @@ def compute(image_scores, image_labels, anomaly_maps=None, gt_masks=None, *,
     if with_curves:
         res["curves"] = curves
     return res
-
-
-_NOT_AVERAGED = ("image_f1_threshold", "pixel_f1_threshold")
-
-
-def compute_many(categories: Mapping[str, Sequence[Any]], **kwargs: Any) -> dict[str, dict]:
-    """``compute`` for several categories, plus a ``"mean"`` row.
-
-    Args:
-      categories: ``{name: (image_scores, image_labels)}`` or
-        ``{name: (image_scores, image_labels, anomaly_maps, gt_masks)}``.
-      **kwargs: passed to ``compute`` (``fpr_limit``, ``chunk_pixels``, ...).
-
-    Returns:
-      ``{name: compute(...), ..., "mean": row}``. The mean row is the unweighted mean over
-      categories of every metric of the first category (thresholds are not averaged). A metric
-      that any category lacks (NaN or absent) is NaN in the mean, with
-      ``row["missing"][key] = "missing in categories: ..."``; ``row["counts"]`` sums the
-      counts and adds ``categories``.
-    """
-    if "mean" in categories:
-        raise ValueError("'mean' is reserved for the mean row; rename that category")
-    out: dict[str, dict] = {}
-    for name, args in categories.items():  # one jitted call per category; no per-pixel loop
-        out[name] = compute(*args, **kwargs)
-    keys = [k for k, v in next(iter(out.values())).items()
-            if isinstance(v, float) and k not in _NOT_AVERAGED] if out else []
-    row: dict[str, Any] = {}
-    missing: dict[str, str] = {}
-    for k in keys:
-        vals = [out[c].get(k, math.nan) for c in out]
-        lacking = [c for c, v in zip(out, vals, strict=True) if math.isnan(v)]
-        row[k] = math.nan if lacking else float(np.mean(vals))
-        if lacking:
-            missing[k] = "missing in categories: " + ", ".join(lacking)
-    row["missing"] = missing
-    counts: dict[str, int] = {"categories": len(out)}
-    for res in out.values():
-        for k, v in res["counts"].items():
-            counts[k] = counts.get(k, 0) + v
-    row["counts"] = counts
-    out["mean"] = row
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """Results records -> tables in Markdown, LaTeX or CSV.
 
 * `metric_table`: the short Markdown table `adjax eval` prints, one row per record.
+* `select`: the records a table is made of (by source, method, data set), refusing a filter
+  that matches nothing with one sentence that lists what exists.
 * `render`: method x category pivots of adjax runs, of published numbers (`kind: paper`
-  records), or of both side by side, with a mean row per (method, variant, data set).
+  records), or of both side by side, with a mean row per (method, variant, data set);
+  `overview` is what `adjax tables` prints: a readable selection of it.
+* `speed_table`: the `bench` records, one row each.
 * `list_tables` / `thesis_table`: a publication's own table, rebuilt from the layout its paper
   records carry in `notes`: `table` (its id), `caption`, `row_order` and `column_order` (the
   printed row and column labels), `scale` ("fraction" or "percent", how the table prints
@@ -10,33 +14,40 @@
   printed label or word, or `{"row", "column", "metrics": [keys], "decimals": [n], "format"?:
   "({0}, {1})", "raw"?: true (not a fraction), "grouping"?: true (thousands separators)}`.
 
-Fractions print in percent with one decimal; a missing value prints as "–".
+Fractions print in percent with one decimal; a missing value prints as "–". A metric whose
+name alone does not say what it is (`METRIC_NOTES`) gets a note under the table.
 """
 
 import csv
+import difflib
 import io
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from adjax.results import is_fraction
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "aupro_0.3", "image_ap", "pixel_ap")
 FORMATS = ("md", "latex", "csv")
 SOURCES = ("adjax", "paper", "all")
 MISSING = "–"
+MIXED = "mixed"  # a mean row over runs that differ in steps or date
 MEAN = "mean"  # the category of a publication's printed mean over categories
 
-# Metrics that are not fractions (counts, seconds, reconstruction errors) print as they are.
-_RAW_NAMES = {"params", "gflops_per_image", "batch", "peak_bytes"}
-_RAW_SUFFIXES = ("_s", "_ms", "_per_s", "_per_100_epochs", "_threshold", "_bytes")
-_RAW_PREFIXES = ("recon_",)
-
-
-def is_fraction(name: str) -> bool:
-    """Whether metric `name` is a fraction in [0, 1] (printed in percent)."""
-    return not (name in _RAW_NAMES or name.endswith(_RAW_SUFFIXES)
-                or name.startswith(_RAW_PREFIXES))
+# What a column means where its name cannot say it; printed under every table that shows it.
+METRIC_NOTES = {
+    "pro_thesis003": (
+        "pro_thesis003: the column Mishra 2021 (PhD thesis, Tables 6.3, 6.4, 7.3, 7.4) and "
+        "Mishra et al. 2021 (VT-ADL, Tables III, IV) print as \"PRO\"; their VT-ADL test code "
+        "computes it as pixel AUROC over all test pixels, so it is pixel AUROC (compare it with "
+        "pixel_auroc, not with the AU-PRO aupro_0.3)."),
+    "pr_auc_trapezoid": (
+        "pr_auc_trapezoid: the image-level \"PR AUC\" of Mishra 2021 and Mishra et al. 2021, a "
+        "trapezoid under the precision-recall curve (scikit-learn auc(recall, precision)); it "
+        "runs higher than average precision (image_ap)."),
+}
 
 
 def format_metric(name: str, value: Any) -> str:
@@ -76,6 +87,60 @@ def metric_table(records: Sequence[dict[str, Any]],
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ select
+
+# Which records each kind of table is made of, and what to call them in a message.
+_OF_SOURCE = {"adjax": lambda r: r["kind"] == "eval", "paper": lambda r: r["kind"] == "paper",
+              "all": lambda r: r["kind"] != "bench", "bench": lambda r: r["kind"] == "bench"}
+_LABEL = {"adjax": "adjax eval ", "paper": "published ", "all": "", "bench": "bench "}
+
+
+def _what_exists(wanted: str, noun: str, present: Iterable[str]) -> str:
+    """' (did you mean 'x'?); <noun> present: a, b' for a name that matched nothing."""
+    names = sorted(set(present), key=_natural)
+    close = difflib.get_close_matches(wanted, names, n=1)
+    return ((f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; {noun} present: {', '.join(n or '(none)' for n in names)}")
+
+
+def select(records: Sequence[dict[str, Any]], *, source: str = "adjax",
+           method: str | None = None, dataset: str | None = None,
+           metric_names: Sequence[str] = (), where: str | None = None) -> list[dict[str, Any]]:
+    """The records a table is made of: those of `source` ("adjax", "paper", "all", or "bench"
+    for the speed table) with this method and data set.
+
+    Nothing of `source`, a method or data set that matches nothing, or a metric name that no
+    chosen record has raises a one-sentence ValueError naming the value and listing what does
+    exist (`where`, e.g. the folder read, is named too).
+    """
+    if source not in _OF_SOURCE:
+        raise ValueError(f"source {source!r} is not one of {', '.join(_OF_SOURCE)}.")
+    label, place = _LABEL[source], f" in {where}" if where else ""
+    chosen = [r for r in records if _OF_SOURCE[source](r)]
+    if not chosen:
+        kinds = ", ".join(sorted({r["kind"] for r in records})) or "none"
+        raise ValueError(f"there are no {label}records{place} (kinds present: {kinds}).")
+    if method is not None:
+        present = [r["method"] for r in chosen]
+        chosen = [r for r in chosen if r["method"] == method]
+        if not chosen:
+            raise ValueError(f"there are no {label}records of method {method!r}{place}"
+                             f"{_what_exists(method, 'methods', present)}.")
+    if dataset is not None:
+        present = [r["dataset"] for r in chosen]
+        chosen = [r for r in chosen if r["dataset"] == dataset]
+        if not chosen:
+            of = f" of method {method!r}" if method is not None else ""
+            raise ValueError(f"there are no {label}records{of} on data set {dataset!r}{place}"
+                             f"{_what_exists(dataset, 'data sets', present)}.")
+    present = {m for r in chosen for m in r["metrics"]}
+    for name in metric_names:
+        if name not in present:
+            raise ValueError(f"no chosen {label}record{place} has the metric {name!r}"
+                             f"{_what_exists(name, 'metrics', present)}.")
+    return chosen
+
+
 # ------------------------------------------------------------------------------ render
 
 
@@ -88,6 +153,7 @@ class _Series:
     dataset: str
     published: str  # "" for adjax runs; the publication (notes["ref"] or source) otherwise
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, tuple[str, str]] = field(default_factory=dict)  # category -> (steps, day)
     printed_mean: dict[str, Any] | None = None
 
     def categories(self) -> list[str]:
@@ -115,6 +181,14 @@ class _Series:
             rows.append((MEAN, mean))
         return rows
 
+    def run(self, category: str) -> list[str]:
+        """[steps trained, day created] of a category's run; on the mean row the value all
+        runs share, else "mixed"."""
+        if category != MEAN:
+            return list(self.runs.get(category, (MISSING, MISSING)))
+        return [next(iter(values)) if len(values) == 1 else MIXED
+                for values in map(set, zip(*self.runs.values(), strict=True))] or [MISSING] * 2
+
 
 def _natural(text: str) -> tuple:
     """Sort key: numbers by value ("2" < "10"), then text."""
@@ -129,6 +203,16 @@ def _publication(record: dict[str, Any]) -> str:
     return record["source"]
 
 
+def _steps(record: dict[str, Any]) -> str:
+    train = record["config"].get("train")
+    steps = train.get("steps") if isinstance(train, dict) else None
+    return MISSING if steps is None else str(steps)
+
+
+def _day(record: dict[str, Any]) -> str:
+    return record["created"][:10]
+
+
 def _series(records: Iterable[dict[str, Any]], paper: bool) -> list[_Series]:
     """Groups records; of two records for the same cell the newer one (by `created`) wins."""
     out: dict[tuple[str, ...], _Series] = {}
@@ -140,14 +224,23 @@ def _series(records: Iterable[dict[str, Any]], paper: bool) -> list[_Series]:
             s.printed_mean = dict(r["metrics"])
         else:
             s.rows[r["category"]] = dict(r["metrics"])
+            s.runs[r["category"]] = (_steps(r), _day(r))
     return [out[k] for k in sorted(out, key=lambda k: tuple(_natural(x) for x in k))]
 
 
-def _default_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
+def present_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The metrics that occur in `records`, `DEFAULT_METRICS` first, then by name, leaving out
+    thresholds and the validation-threshold metrics (`*_val_*`) of eval records."""
     present = {m for r in records for m in r["metrics"]}
     main = {m for m in present if not m.endswith("_threshold") and "_val_" not in m}
     first = [m for m in DEFAULT_METRICS if m in main]
     return first + sorted((main or present) - set(first))
+
+
+def main_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The `DEFAULT_METRICS` that occur in `records`, or `present_metrics` if none does."""
+    present = present_metrics(records)
+    return [m for m in DEFAULT_METRICS if m in present] or present
 
 
 def _category_label(category: str) -> str:
@@ -155,53 +248,95 @@ def _category_label(category: str) -> str:
 
 
 def render(records: Sequence[dict[str, Any]], *, fmt: str = "md", source: str = "adjax",
-           metric_names: Sequence[str] | None = None) -> str:
+           metric_names: Sequence[str] | None = None, paired_only: bool = False) -> str:
     """Method x category pivot tables of stored results records.
 
     Args:
       records: results records (e.g. `adjax.results.read_all("results")`).
       fmt: "md", "latex" or "csv".
-      source: "adjax" (runs: every kind but `paper`), "paper" (published numbers, one group
-        per publication) or "all": published and adjax values side by side in columns
+      source: "adjax" (runs: the `eval` records; `bench` ones make the `speed_table`),
+        "paper" (published numbers, one group per publication) or "all": published and adjax
+        values side by side in columns
         "<metric> (paper)" / "<metric> (adjax)" wherever a publication has the same method,
         data set and category (preferring a publication of the same variant); what has no
         counterpart gets its own rows with "–" on the other side.
-      metric_names: the metric columns; by default every metric that occurs in the chosen
-        records (`DEFAULT_METRICS` first, then by name), leaving out thresholds and the
-        validation-threshold metrics (`*_val_*`) of eval records.
+      metric_names: the metric columns; by default `present_metrics` of the chosen records
+        (`main_metrics` picks the few a reader looks at first).
+      paired_only: with source "all", only the series that have both a published and an
+        adjax side.
 
     Each (method, variant, data set) group lists its categories ("(all)" for a record of the
     whole data set) and a mean row when it has more than one category; a publication's own
     printed mean (category "mean") is shown as it is printed rather than recomputed. Rows in
-    which every metric is missing are left out.
+    which every metric is missing are left out. Where a table shows adjax runs, each row also
+    gives the steps trained (`config.train.steps`) and the day the record was created, so two
+    runs are told apart; of two records of the same (method, variant, data set, category) the
+    newest (by `created`) is shown. A mean row shows the steps and day its runs share, or
+    "mixed". Markdown and LaTeX carry `METRIC_NOTES` of the columns shown under the table.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt {fmt!r} is not one of {', '.join(FORMATS)}.")
     if source not in SOURCES:
         raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}.")
-    ours = [r for r in records if r["kind"] != "paper"]
-    theirs = [r for r in records if r["kind"] == "paper"]
-    chosen = {"adjax": ours, "paper": theirs, "all": list(records)}[source]
-    names = list(metric_names) if metric_names is not None else _default_metrics(chosen)
-    if source != "all":
-        paper = source == "paper"
-        header = ["method", "variant", "data set", *(["published"] if paper else []),
-                  "category", *names]
-        rows, means = [], []
-        for s in _series(chosen, paper):
-            lead = [s.method, s.variant, s.dataset, *([s.published] if paper else [])]
-            for category, metrics in s.labelled_rows():
-                values = [format_metric(m, (metrics or {}).get(m)) for m in names]
-                if all(v == MISSING for v in values):
-                    continue
-                means.append(category == MEAN)
-                rows.append([*lead, _category_label(category), *values])
-        return _emit(header, rows, fmt, n_text=len(header) - len(names), mean_rows=means)
-    return _side_by_side(_series(ours, False), _series(theirs, True), names, fmt)
+    ours = [r for r in records if _OF_SOURCE["adjax"](r)]
+    theirs = [r for r in records if _OF_SOURCE["paper"](r)]
+    chosen = {"adjax": ours, "paper": theirs, "all": ours + theirs}[source]
+    names = list(metric_names) if metric_names is not None else present_metrics(chosen)
+    notes = [METRIC_NOTES[m] for m in names if m in METRIC_NOTES]
+    if source == "all":
+        return _side_by_side(_series(ours, False), _series(theirs, True), names, fmt,
+                             paired_only=paired_only, notes=notes)
+    paper = source == "paper"
+    header = ["method", "variant", "data set", *(["published"] if paper else []),
+              "category", *([] if paper else ["steps", "date"]), *names]
+    rows, means = [], []
+    for s in _series(chosen, paper):
+        lead = [s.method, s.variant, s.dataset, *([s.published] if paper else [])]
+        for category, metrics in s.labelled_rows():
+            values = [format_metric(m, (metrics or {}).get(m)) for m in names]
+            if all(v == MISSING for v in values):
+                continue
+            means.append(category == MEAN)
+            run = [] if paper else s.run(category)
+            rows.append([*lead, _category_label(category), *run, *values])
+    return _emit(header, rows, fmt, n_text=len(header) - len(names), mean_rows=means,
+                 notes=notes)
+
+
+def overview(records: Sequence[dict[str, Any]], *, fmt: str = "md", source: str = "adjax",
+             method: str | None = None, dataset: str | None = None,
+             metric_names: Sequence[str] = (), everything: bool = False,
+             where: str | None = None) -> tuple[str, str]:
+    """The table `adjax tables` prints, and a one-line hint of what it left out ("" if none).
+
+    The records are those of `select` (whose errors it raises); source "bench" gives the
+    `speed_table`, the others a `render`. Markdown and LaTeX show a readable selection unless
+    `everything`: the `main_metrics` columns unless `metric_names` are given, and with source
+    "all" and neither a method nor a data set only the series that have both a published and
+    an adjax side. CSV is always complete: every metric present, every series.
+    """
+    chosen = select(records, source=source, method=method, dataset=dataset,
+                    metric_names=metric_names, where=where)
+    if source == "bench":
+        return speed_table(chosen, fmt=fmt), ""
+    complete = everything or fmt == "csv"
+    names = list(metric_names) or (present_metrics if complete else main_metrics)(chosen)
+    paired_only = source == "all" and not (complete or method or dataset)
+    table = render(chosen, fmt=fmt, source=source, metric_names=names, paired_only=paired_only)
+    left_out = []
+    hidden = len(set(present_metrics(chosen)) - set(names))
+    if not (complete or metric_names) and hidden:
+        left_out.append(f"{hidden} more metric" + ("s" if hidden > 1 else ""))
+    if paired_only:
+        left_out.append("the series without both a published and an adjax side")
+    if not left_out:
+        return table, ""
+    return table, (f"not shown: {' and '.join(left_out)}; --all (or --format=csv) shows "
+                   f"everything.")
 
 
 def _side_by_side(ours: list[_Series], theirs: list[_Series], names: Sequence[str],
-                  fmt: str) -> str:
+                  fmt: str, *, paired_only: bool, notes: Sequence[str]) -> str:
     def keys(s: _Series) -> set[str]:
         return set(s.rows) | ({MEAN} if s.mean() is not None else set())
 
@@ -217,8 +352,10 @@ def _side_by_side(ours: list[_Series], theirs: list[_Series], names: Sequence[st
         if not matched:
             pairs.append((a, None))
     pairs.extend((None, p) for p in theirs if id(p) not in used)
+    if paired_only:
+        pairs = [(a, p) for a, p in pairs if a is not None and p is not None]
 
-    header = ["method", "variant", "data set", "published", "category",
+    header = ["method", "variant", "data set", "published", "category", "steps", "date",
               *[f"{m} ({side})" for m in names for side in ("paper", "adjax")]]
     rows, means = [], []
     for a, p in pairs:
@@ -243,8 +380,9 @@ def _side_by_side(ours: list[_Series], theirs: list[_Series], names: Sequence[st
             if all(v == MISSING for v in values):
                 continue
             means.append(category == MEAN)
-            rows.append([*lead, _category_label(category), *values])
-    return _emit(header, rows, fmt, n_text=5, mean_rows=means)
+            run = a.run(category) if category in ours_rows else [MISSING, MISSING]
+            rows.append([*lead, _category_label(category), *run, *values])
+    return _emit(header, rows, fmt, n_text=7, mean_rows=means, notes=notes)
 
 
 # ------------------------------------------------------------------------------ speed tables
@@ -264,16 +402,17 @@ _SPEED_COLUMNS = (
 
 
 def speed_table(records: Sequence[dict[str, Any]], *, fmt: str = "md") -> str:
-    """The `bench` records as one row each: method, precision, device and the measured rates
-    (training images/s, batch-1 latency host -> device -> host, best inference images/s, ...)."""
+    """The `bench` records as one row each: method, the day measured, host, device, precision
+    and the measured rates (training images/s, batch-1 latency host -> device -> host, best
+    inference images/s, ...)."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt {fmt!r} is not one of {', '.join(FORMATS)}.")
-    header = ["method", "variant", "source", "device", "precision", "image size",
-              *(c[0] for c in _SPEED_COLUMNS)]
+    header = ["method", "variant", "source", "date", "host", "device", "precision",
+              "image size", *(c[0] for c in _SPEED_COLUMNS)]
     rows = []
     for r in sorted((r for r in records if r["kind"] == "bench"),
                     key=lambda r: (r["method"], r["variant"], r["env"].get("device_kind", ""),
-                                   r["bench"].get("precision", ""), r["source"])):
+                                   r["bench"].get("precision", ""), r["source"], r["created"])):
         b, env = r["bench"], r["env"]
         device = f"{env.get('device_count', '?')} x {env.get('device_kind', '?')}"
         cells = []
@@ -282,23 +421,65 @@ def speed_table(records: Sequence[dict[str, Any]], *, fmt: str = "md") -> str:
             if name == "params" and value is not None:
                 value = value / 1e6
             cells.append(MISSING if value is None else form.format(value))
-        rows.append([r["method"], r["variant"], r["source"], device, b.get("precision", "?"),
+        rows.append([r["method"], r["variant"], r["source"], _day(r),
+                     str(env.get("host") or MISSING), device, b.get("precision", "?"),
                      str(r["image_size"]), *cells])
-    return _emit(header, rows, fmt, n_text=6)
+    return _emit(header, rows, fmt, n_text=8)
 
 
 # ------------------------------------------------------------------------------ thesis tables
 
 
-def list_tables(records: Iterable[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """The publication tables the paper records can rebuild: sorted (source, table id,
-    caption) triples, `source` being the records' citation."""
-    found = set()
+class PublishedTable(NamedTuple):
+    """A publication table the paper records can rebuild."""
+
+    source: str  # the records' citation
+    table: str  # its id, as `notes["table"]`
+    caption: str
+    publication: str  # a word of `source` that picks it among the sources with this id
+
+
+def _is_layout(record: dict[str, Any]) -> bool:
+    return record["kind"] == "paper" and isinstance(record.get("notes"), dict) \
+        and "table" in record["notes"]
+
+
+def _publication_words(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(source, table id) -> the first word that tells this source apart from the other
+    sources of a table with the same id: the first word of its short reference (an author's
+    name) if it does, else the first such word of the citation, else the whole citation."""
+    refs: dict[tuple[str, str], str] = {}
     for r in records:
-        notes = r.get("notes")
-        if r["kind"] == "paper" and isinstance(notes, dict) and "table" in notes:
-            found.add((r["source"], str(notes["table"]), str(notes.get("caption", ""))))
-    return sorted(found, key=lambda t: (_natural(t[0]), _natural(t[1]), t[2]))
+        if _is_layout(r):
+            refs.setdefault((r["source"], str(r["notes"]["table"])), _publication(r))
+    words = {}
+    for (source, table), ref in refs.items():
+        others = [s for s, t in refs if t == table and s != source]
+        candidates = [w.strip(",;:()") for w in [*ref.split()[:1], *source.split()]]
+        words[(source, table)] = next(
+            (w for w in candidates if len(w) >= 3 and w in source
+             and not any(w in other for other in others)), source)
+    return words
+
+
+def list_tables(records: Iterable[dict[str, Any]]) -> list[PublishedTable]:
+    """The publication tables the paper records can rebuild, sorted by citation and id, each
+    with the word to pass as `publication` (`adjax tables --publication`)."""
+    records = list(records)
+    words = _publication_words(records)
+    found = {PublishedTable(r["source"], str(r["notes"]["table"]),
+                            str(r["notes"].get("caption", "")),
+                            words[(r["source"], str(r["notes"]["table"]))])
+             for r in records if _is_layout(r)}
+    return sorted(found, key=lambda t: (_natural(t.source), _natural(t.table), t.caption))
+
+
+def table_list(records: Iterable[dict[str, Any]], *, fmt: str = "md") -> str:
+    """`list_tables` as a table: id, the `--publication` word, caption and citation."""
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt {fmt!r} is not one of {', '.join(FORMATS)}.")
+    rows = [[t.table, t.publication, t.caption, t.source] for t in list_tables(records)]
+    return _emit(["table", "--publication", "caption", "source"], rows, fmt, n_text=4)
 
 
 def _cell_text(cell: dict[str, Any], metrics: dict[str, Any], scale: str) -> str:
@@ -316,30 +497,38 @@ def _cell_text(cell: dict[str, Any], metrics: dict[str, Any], scale: str) -> str
 
 
 def thesis_table(records: Iterable[dict[str, Any]], table_id: str, *,
-                 source: str | None = None, fmt: str = "md") -> str:
+                 publication: str | None = None, fmt: str = "md") -> str:
     """One publication table as printed there: its caption, rows and columns, and numbers in
     its own scale (fraction or percent) and precision, from the stored paper records.
 
     Args:
       records: results records; only `kind: paper` ones with a layout in `notes` are used.
       table_id: the table's id as in `notes["table"]` (e.g. "4.2"; see `list_tables`).
-      source: a part of the citation that picks the publication when several have a table
-        with this id (e.g. "Khanjani").
+      publication: a part of the citation that picks the publication when several have a
+        table with this id (e.g. "Khanjani"; `list_tables` gives a word that does).
       fmt: "md" and "latex" carry the caption; "csv" is the grid only.
+
+    An id that no record has, or one that several publications share while `publication` does
+    not pick one, raises a one-sentence ValueError that says what to pass.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt {fmt!r} is not one of {', '.join(FORMATS)}.")
-    chosen = [r for r in records
-              if r["kind"] == "paper" and isinstance(r.get("notes"), dict)
-              and str(r["notes"].get("table")) == str(table_id)
-              and (source is None or source in r["source"])]
+    records = [r for r in records if _is_layout(r)]
+    chosen = [r for r in records if str(r["notes"]["table"]) == str(table_id)
+              and (publication is None or publication in r["source"])]
     if not chosen:
-        raise ValueError(f"No stored paper table {table_id!r}"
-                         + (f" from a source containing {source!r}." if source else "."))
+        n = len({(r["source"], str(r["notes"]["table"])) for r in records})
+        raise ValueError(f"no stored publication table {table_id!r}"
+                         + (f" from a publication citing {publication!r}" if publication else "")
+                         + f"; `adjax tables --list` lists the {n} there are.")
     sources = sorted({r["source"] for r in chosen})
     if len(sources) > 1:
-        raise ValueError(f"Table {table_id!r} exists in {len(sources)} sources; pass source= "
-                         f"to pick one of: {'; '.join(sources)}.")
+        words = _publication_words(records)
+        refs = {r["source"]: _publication(r) for r in chosen}
+        options = " or ".join(f"--publication={words[(s, str(table_id))]} ({refs[s]})"
+                              for s in sources)
+        raise ValueError(f"table {table_id!r} is in {len(sources)} publications; pick one "
+                         f"with {options}.")
     notes = chosen[0]["notes"]
     rows, columns = notes["row_order"], notes["column_order"]
     grid: dict[tuple[str, str], str] = {}
@@ -373,9 +562,10 @@ def latex_escape(text: str) -> str:
 
 
 def _emit(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, *, n_text: int,
-          mean_rows: Sequence[bool] = (), caption: str | None = None) -> str:
+          mean_rows: Sequence[bool] = (), caption: str | None = None,
+          notes: Sequence[str] = ()) -> str:
     means = list(mean_rows) + [False] * (len(rows) - len(mean_rows))
-    if fmt == "csv":
+    if fmt == "csv":  # the grid only: a CSV reader expects no notes
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
@@ -389,6 +579,8 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, *, n_t
         lines += [line(header), "|" + "---|" * len(header)]
         for row, mean in zip(rows, means, strict=True):
             lines.append(line([f"**{c}**" if mean and c == MEAN else c for c in row]))
+        if notes:
+            lines += ["", *notes]
         return "\n".join(lines)
     spec = "l" * min(n_text, len(header)) + "r" * max(len(header) - n_text, 0)
     lines = [r"\begin{table}[ht]", r"\centering"] if caption else []
@@ -400,6 +592,7 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, *, n_t
         cells = [r"\textbf{mean}" if mean and c == MEAN else latex_escape(c) for c in row]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
+    lines += [r"\par{\footnotesize " + latex_escape(note) + "}" for note in notes]
     if caption:
         lines.append(r"\end{table}")
     return "\n".join(lines)
@@ -415,13 +608,14 @@ _BLOCK = re.compile(
 
 def _block_table(records: Sequence[dict[str, Any]], args: str) -> str:
     opts = dict(arg.lstrip("-").split("=", 1) for arg in args.split())
-    chosen = [r for r in records
-              if all(r.get(key) == opts[key] for key in ("method", "dataset") if key in opts)]
-    if opts.get("kind") == "bench":
-        return speed_table(chosen)
     metric_names = opts["metrics"].split(",") if "metrics" in opts else None
-    return render(chosen, fmt="md", source=opts.get("source", "adjax"),
-                  metric_names=metric_names)
+    source = "bench" if opts.get("kind") == "bench" else opts.get("source", "adjax")
+    chosen = select(records, source=source, method=opts.get("method"),
+                    dataset=opts.get("dataset"), metric_names=metric_names or (),
+                    where=f"the block '<!-- adjax tables {args} -->'")
+    if source == "bench":
+        return speed_table(chosen)
+    return render(chosen, fmt="md", source=source, metric_names=metric_names)
 
 
 def update_blocks(text: str, records: Sequence[dict[str, Any]]) -> str:

@@ -1,13 +1,13 @@
 """The published numbers stored under results/paper/ (kind: paper records).
 
-Every seed-thesis table is checked cell by cell against the Markdown transcription in the seed
-notes (/work/shared/seeds/, skipped where absent): the stored values, the number of cells, and
-the table rebuilt by `adjax.tables.thesis_table`.
+Every seed-thesis table is checked cell by cell against a Markdown transcription of the printed
+table (tests/data/paper_tables/<folder>-<table>.md): the stored values, the number of cells, and
+the table rebuilt by `adjax.tables.thesis_table`. The reference papers' numbers are checked
+against the lines that list them (tests/data/paper_tables/papers.md).
 """
 
 from __future__ import annotations
 
-import math
 import pathlib
 import re
 from decimal import Decimal
@@ -17,49 +17,45 @@ import pytest
 from adjax import results, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "results" / "paper"
-SEEDS = pathlib.Path("/work/shared/seeds")
-MODELS_MD = pathlib.Path("/work/shared/reference/models.md")
+GOLDEN = pathlib.Path(__file__).resolve().parent / "data" / "paper_tables"
 
-# folder -> seed notes file
-SEED_FILES = {"seed000": "000_93eec783b6f698f7.md", "seed001": "001_fcc527b677a32543.md",
-              "seed002": "002_b6ffb793aa5d9b8e.md", "seed003": "003_e7fa33a4e727a31d.md",
-              "seed004": "004_c75bc9ee9f453b85.md"}
 _T71_TEXT = {"Multi-stage training", "Pre-trained network", "Multiple Loss function",
              "Ground truth required", "Supervised/semi-supervised", "imbalanced dataset training",
              "Min.number of Image Data needed", "Attention module", "work on Patches"}
-# (folder, table id, heading in the seed notes, leading text columns, text-only rows)
+# (folder, table id, leading text columns, text-only rows)
 SEED_TABLES = [
-    ("seed000", "4.1", "### Table 4.1.", 1, ()),
-    ("seed000", "4.2", "### Table 4.2.", 1, ()),
-    ("seed001", "5.1", "### Table 5.1:", 3, ()),
-    ("seed001", "5.2", "### Table 5.2:", 3, ()),
-    ("seed001", "5.3", "### Table 5.3:", 3, ()),
-    ("seed001", "5.4", "### Table 5.4:", 1, ()),
-    ("seed001", "5.5", "### Table 5.5:", 2, ()),
-    ("seed001", "5.6", "### Table 5.6:", 1, ()),
-    *[("seed002", str(t), f"**Table {t}:**", 1, ()) for t in range(1, 11)],
-    ("seed003", "3.3", "### 5.2 Table 3.3", 1, ()),
-    ("seed003", "3.5", "### 5.4 Table 3.5", 1, ()),
-    ("seed003", "3.6", "### 5.5 Table 3.6", 1, ()),
-    ("seed003", "3.7", "### 5.6 Table 3.7", 2, ()),
-    ("seed003", "4.4", "**Table 4.4:", 1, ()),
-    ("seed003", "4.5", "**Table 4.5:", 1, ()),
-    ("seed003", "4.6", "**Table 4.6:", 1, ()),
-    ("seed003", "5.2", "**Table 5.2:", 2, ()),
-    ("seed003", "5.3", "**Table 5.3:", 1, ()),
-    ("seed003", "5.4", "**Table 5.4:", 1, ()),
-    ("seed003", "6.2", "**Table 6.2:", 1, ()),
-    ("seed003", "6.3", "**Table 6.3:", 1, ()),
-    ("seed003", "6.4", "**Table 6.4:", 1, ()),
-    ("seed003", "7.1", "**Table 7.1:", 1, _T71_TEXT),
-    ("seed003", "7.2", "**Table 7.2:", 1, {"Global AD/Anomaly Localization"}),
-    ("seed003", "7.3", "**Table 7.3:", 1, ()),
-    ("seed003", "7.4", "**Table 7.4:", 1, ()),
-    ("seed004", "5.5", "**Table 5.5:", 2, ()),
-    ("seed004", "5.6", "**Table 5.6:", 2, ()),
-    ("seed004", "5.7", "**Table 5.7:", 1, ()),
-    ("seed004", "5.8", "**Table 5.8:", 1, ()),
+    ("seed000", "4.1", 1, ()),
+    ("seed000", "4.2", 1, ()),
+    ("seed001", "5.1", 3, ()),
+    ("seed001", "5.2", 3, ()),
+    ("seed001", "5.3", 3, ()),
+    ("seed001", "5.4", 1, ()),
+    ("seed001", "5.5", 2, ()),
+    ("seed001", "5.6", 1, ()),
+    *[("seed002", str(t), 1, ()) for t in range(1, 11)],
+    ("seed003", "3.3", 1, ()),
+    ("seed003", "3.5", 1, ()),
+    ("seed003", "3.6", 1, ()),
+    ("seed003", "3.7", 2, ()),
+    ("seed003", "4.4", 1, ()),
+    ("seed003", "4.5", 1, ()),
+    ("seed003", "4.6", 1, ()),
+    ("seed003", "5.2", 2, ()),
+    ("seed003", "5.3", 1, ()),
+    ("seed003", "5.4", 1, ()),
+    ("seed003", "6.2", 1, ()),
+    ("seed003", "6.3", 1, ()),
+    ("seed003", "6.4", 1, ()),
+    ("seed003", "7.1", 1, _T71_TEXT),
+    ("seed003", "7.2", 1, {"Global AD/Anomaly Localization"}),
+    ("seed003", "7.3", 1, ()),
+    ("seed003", "7.4", 1, ()),
+    ("seed004", "5.5", 2, ()),
+    ("seed004", "5.6", 2, ()),
+    ("seed004", "5.7", 1, ()),
+    ("seed004", "5.8", 1, ()),
 ]
+_IDS = [f"{f}-T{t}" for f, t, *_ in SEED_TABLES]
 _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?![\d.])|\d+(?:\.\d+)?")
 
 
@@ -75,19 +71,22 @@ def by_folder() -> dict[str, list[dict]]:
     return out
 
 
-def _seed_table(folder: str, heading: str) -> tuple[list[str], list[list[str]]]:
-    """The first Markdown table after `heading` in a seed note: header and body cells."""
-    path = SEEDS / SEED_FILES[folder]
-    if not path.exists():
-        pytest.skip(f"seed notes not available ({path})")
-    lines = path.read_text().splitlines()
-    i = next(n for n, line in enumerate(lines) if heading in line)
-    while not lines[i].startswith("|"):
-        i += 1
-    block = []
-    while i < len(lines) and lines[i].startswith("|"):
-        block.append([c.strip() for c in lines[i].strip()[1:-1].split("|")])
-        i += 1
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table of a text, as rows of stripped cells (separator rows included)."""
+    found, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip()[1:-1].split("|")])
+        elif block:
+            found.append(block)
+            block = []
+    return found
+
+
+def _seed_table(folder: str, table_id: str) -> tuple[list[str], list[list[str]]]:
+    """The printed table's transcription: header and body cells."""
+    path = GOLDEN / f"{folder}-{table_id}.md"
+    (block,) = _markdown_tables(path.read_text(encoding="utf-8"))
     header, body = block[0], block[2:]
     for row in body:  # "49.95 (all ten classes)" stands for ten printed cells
         spread = [c for c in row if "(all ten classes)" in c]
@@ -97,7 +96,7 @@ def _seed_table(folder: str, heading: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _numbers(cell: str) -> list[str]:
-    """The printed numbers of a cell, without the seed notes' annotations (bold, footnote
+    """The printed numbers of a cell, without the transcription's annotations (bold, footnote
     marks, '??', remarks in parentheses or brackets that contain words)."""
     text = re.sub(r"\*\*|[‡†§¶]|\?\?", "", cell)
     text = re.sub(r"\([^()]*[A-Za-z][^()]*\)|\[[^\]]*\]", "", text)
@@ -116,7 +115,7 @@ def _table_records(by_folder, folder: str, table_id: str) -> list[dict]:
 
 def test_every_file_is_a_valid_paper_record():
     paths = _paths()
-    assert len(paths) > 1000
+    assert len(paths) == 1321
     for path in paths:
         record = results.read(path)
         assert record["kind"] == "paper", path
@@ -140,14 +139,32 @@ def test_file_names_follow_table_method_variant_dataset_category():
         assert path.name == "-".join(p for p in parts if p) + ".json", path
 
 
-def test_fractions_are_fractions_and_metric_cells_match_metrics():
+def test_metric_cells_match_metrics():
     for path in _paths():
         r = results.read(path)
         in_cells = [m for c in r["notes"]["cells"] for m in c.get("metrics", [])]
         assert sorted(in_cells) == sorted(r["metrics"]), path
-        for name, value in r["metrics"].items():
-            if value is not None and tables.is_fraction(name):
-                assert 0.0 <= value <= 1.0, (path, name, value)
+
+
+def test_no_record_points_at_files_outside_the_repository():
+    for path in _paths():
+        text = path.read_text(encoding="utf-8")
+        for outside in ("/work/", "models.md", "DESIGN.md", "seed notes", "reference notes"):
+            assert outside not in text, (path, outside)
+
+
+def test_every_transcription_is_checked():
+    assert sorted(p.name for p in GOLDEN.glob("seed*.md")) == sorted(
+        f"{folder}-{table_id}.md" for folder, table_id, *_ in SEED_TABLES)
+
+
+def test_listed_publication_words_rebuild_their_table(by_folder):
+    records = [r for recs in by_folder.values() for r in recs]
+    listed = tables.list_tables(records)
+    assert len(listed) == 50
+    for t in listed:
+        text = tables.thesis_table(records, t.table, publication=t.publication)
+        assert text.splitlines()[0] == f"Table {t.table}: {t.caption}", t
 
 
 def test_no_duplicate_records_or_cells():
@@ -175,11 +192,10 @@ def test_counts_per_publication(by_folder):
 # ------------------------------------------------------------------------------ seed tables
 
 
-@pytest.mark.parametrize("folder,table_id,heading,n_text,text_rows", SEED_TABLES,
-                         ids=[f"{f}-T{t}" for f, t, *_ in SEED_TABLES])
-def test_seed_table_cells_equal_the_seed_notes(by_folder, folder, table_id, heading, n_text,
-                                               text_rows):
-    header, body = _seed_table(folder, heading)
+@pytest.mark.parametrize("folder,table_id,n_text,text_rows", SEED_TABLES, ids=_IDS)
+def test_seed_table_cells_equal_the_transcription(by_folder, folder, table_id, n_text,
+                                                  text_rows):
+    header, body = _seed_table(folder, table_id)
     recs = _table_records(by_folder, folder, table_id)
     notes = recs[0]["notes"]
     assert len(notes["column_order"]) == len(header)
@@ -219,11 +235,9 @@ def test_seed_table_cells_equal_the_seed_notes(by_folder, folder, table_id, head
     assert printed_cells == len(stored)
 
 
-@pytest.mark.parametrize("folder,table_id,heading,n_text,text_rows", SEED_TABLES,
-                         ids=[f"{f}-T{t}" for f, t, *_ in SEED_TABLES])
-def test_thesis_table_reproduces_the_seed_table(by_folder, folder, table_id, heading, n_text,
-                                               text_rows):
-    header, body = _seed_table(folder, heading)
+@pytest.mark.parametrize("folder,table_id,n_text,text_rows", SEED_TABLES, ids=_IDS)
+def test_thesis_table_reproduces_the_seed_table(by_folder, folder, table_id, n_text, text_rows):
+    header, body = _seed_table(folder, table_id)
     recs = _table_records(by_folder, folder, table_id)
     text = tables.thesis_table(recs, table_id)
     lines = text.splitlines()
@@ -264,10 +278,70 @@ def test_spot_checks_read_directly(by_folder):
 # ------------------------------------------------------------------------------ papers
 
 
-def test_reference_paper_numbers_match_the_reference_notes(by_folder):
-    if not MODELS_MD.exists():
-        pytest.skip("reference notes not available")
-    text = MODELS_MD.read_text()
+def _only(by_folder, folder: str, table: str | None = None, **fields) -> dict:
+    """The metrics of the one record of `folder` (and `table`) with these fields."""
+    (r,) = [r for r in by_folder[folder] if all(r[k] == v for k, v in fields.items())
+            and table in (None, r["notes"]["table"])]
+    return r["metrics"]
+
+
+def _percent(text: str) -> float:
+    return float(Decimal(text) / 100)
+
+
+def test_reference_paper_numbers_match_their_listing(by_folder):
+    text = (GOLDEN / "papers.md").read_text(encoding="utf-8")
+    efficientad, draem = _markdown_tables(text)
+
+    # EfficientAD: image AUROC on MVTec AD, VisA and MVTec LOCO per model
+    rows = {row[0]: row[1:4] for row in efficientad[2:]}
+    datasets = ("mvtec_ad", "visa", "mvtec_loco")
+    for variant, name in (("m", "EfficientAD-M"), ("s", "EfficientAD-S")):
+        for dataset, printed in zip(datasets, rows[f"{name} (paper)"], strict=True):
+            assert _only(by_folder, "efficientad_2024", "headline", variant=variant,
+                         dataset=dataset) == {"image_auroc": _percent(printed)}
+        nelson = rows[f"{name} (nelson run)"]
+        json_value = re.search(r"json: ([\d.]+)", nelson[0]).group(1)
+        assert _only(by_folder, "nelson1425_efficientad", variant=variant,
+                     dataset="mvtec_ad")["image_auroc"] == _percent(json_value)
+        for dataset, printed in zip(datasets[1:], nelson[1:], strict=True):
+            assert _only(by_folder, "nelson1425_efficientad", variant=variant,
+                         dataset=dataset) == {"image_auroc": _percent(printed)}
+    for variant, size in (("m", "medium"), ("s", "small")):
+        aupro = re.search(rf"mvtec_ad_{size}.json` \(mean AU-PRO ([\d.]+)\)", text).group(1)
+        assert _only(by_folder, "nelson1425_efficientad", variant=variant,
+                     dataset="mvtec_ad")["aupro_0.3"] == float(aupro)
+    anomalib_s, anomalib_m = rows["EfficientAD-S / -M (anomalib, seed 42)"][0].split(" / ")
+    assert _only(by_folder, "anomalib_efficientad", variant="s") == {
+        "image_auroc": _percent(anomalib_s)}
+    assert _only(by_folder, "anomalib_efficientad", variant="m") == {
+        "image_auroc": _percent(anomalib_m)}
+    assert "EfficientAD-M on MVTec AD as Detection AUROC 99.1, AUPRO 93.5, FPS 269" in text
+    assert _only(by_folder, "efficientad_2024", "pwc", variant="m") == {
+        "image_auroc": 0.991, "aupro_0.3": 0.935, "images_per_s": 269.0}
+    assert "EfficientAD (early stopping) as 99.8 / AUPRO 96.6" in text
+    assert _only(by_folder, "efficientad_2024", variant="early_stopping") == {
+        "image_auroc": 0.998, "aupro_0.3": 0.966}
+
+    # DRAEM: the paper (via Papers with Code) and the released checkpoints
+    rows = {row[0]: [_percent(v) for v in row[1:4]] for row in draem[2:]}
+    names = ("image_auroc", "pixel_auroc", "pixel_ap")
+    assert _only(by_folder, "draem_2021") == dict(zip(names, rows["paper"], strict=True))
+    assert _only(by_folder, "vitjanz_draem") == dict(
+        zip(names, rows["released checkpoints"], strict=True))
+
+    # DDAD: the abstract and the README
+    assert "Abstract: 99.8% (MVTec) and 98.9% (VisA) image AUROC." in text
+    assert _only(by_folder, "ddad_2023", dataset="mvtec_ad") == {"image_auroc": 0.998}
+    assert _only(by_folder, "ddad_2023", dataset="visa") == {"image_auroc": 0.989}
+    assert "MVTec: image 99.8, pixel AUROC 98.1, PRO 92.3." in text
+    assert _only(by_folder, "arimousa_ddad", dataset="mvtec_ad") == {
+        "image_auroc": 0.998, "pixel_auroc": 0.981, "aupro_0.3": 0.923}
+    assert "VisA: image 98.9, pixel 97.6, PRO 92.7." in text
+    assert _only(by_folder, "arimousa_ddad", dataset="visa") == {
+        "image_auroc": 0.989, "pixel_auroc": 0.976, "aupro_0.3": 0.927}
+
+    # VT-ADL, Table III: "PRO" per category, and the baselines' means
     vt = {r["category"]: r["metrics"]["pro_thesis003"] for r in by_folder["vtadl_2021"]
           if r["notes"]["table"] == "III" and r["method"] == "vtadl"}
     section = text.split("per category (VT-ADL):**")[1].split("**mean")[0]
@@ -275,24 +349,8 @@ def test_reference_paper_numbers_match_the_reference_notes(by_folder):
     assert len(vt) == 16 and len(listed) == 15
     for name, number in listed.items():
         assert vt[name.replace(" ", "_")] == float(number)
-    assert vt["mean"] == 0.807
-
-    def only(folder, **fields):
-        (r,) = [r for r in by_folder[folder]
-                if all(r[k] == v for k, v in fields.items())]
-        return r["metrics"]
-
-    assert "| EfficientAD-M (paper) | 99.1 | 98.1 | 90.7 |" in text
-    headline = {(r["variant"], r["dataset"]): r["metrics"]["image_auroc"]
-                for r in by_folder["efficientad_2024"] if r["notes"]["table"] == "headline"}
-    assert headline == {("m", "mvtec_ad"): 0.991, ("m", "visa"): 0.981,
-                        ("m", "mvtec_loco"): 0.907, ("s", "mvtec_ad"): 0.988,
-                        ("s", "visa"): 0.975, ("s", "mvtec_loco"): 0.9}
-    assert "| paper | 98.0 | 97.3 | 68.4 |" in text
-    assert only("draem_2021", dataset="mvtec_ad") == {
-        "image_auroc": 0.98, "pixel_auroc": 0.973, "pixel_ap": 0.684}
-    assert "MVTec: image 99.8, pixel AUROC 98.1, PRO 92.3." in text
-    assert only("arimousa_ddad", dataset="mvtec_ad") == {
-        "image_auroc": 0.998, "pixel_auroc": 0.981, "aupro_0.3": 0.923}
-    assert all(math.isfinite(v) for r in by_folder["vtadl_2021"]
-               for v in r["metrics"].values())
+    assert "**mean 0.807**" in text and vt["mean"] == 0.807
+    assert "AE-MSE at a 0.79 mean and Uninformed Students at 0.857" in text
+    assert _only(by_folder, "vtadl_2021", "III", method="ae_mse") == {"aupro_0.3": 0.79}
+    assert _only(by_folder, "vtadl_2021", "III", method="uninformed_students") == {
+        "aupro_0.3": 0.857}
