@@ -302,7 +302,8 @@ def _map_range(maps: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def _overlay_figure(image, amap, mask, norm: Normalize, title: str) -> Figure:
+def _overlay_figure(image, amap, mask, norm: Normalize, title: str,
+                    scale: str = "test-set scale") -> Figure:
     rgb = _as_rgb(image)
     h, w = rgb.shape[:2]
     # Maps and masks are stretched over the image, so they may have another resolution.
@@ -310,11 +311,12 @@ def _overlay_figure(image, amap, mask, norm: Normalize, title: str) -> Figure:
     fig = Figure(figsize=(8.6, 4.4), layout="constrained")
     ax_img, ax_map = fig.subplots(1, 2)
     ax_img.imshow(rgb, interpolation="nearest")
-    ax_img.set_title("image + ground truth", fontsize="small")
+    ax_img.set_title("image + ground truth" if mask is not None else "image", fontsize="small")
     ax_map.imshow(rgb, interpolation="nearest")
     cmap = colormaps["jet"]
     ax_map.imshow(amap, cmap=cmap, norm=norm, alpha=0.5, extent=extent, interpolation="bilinear")
-    ax_map.set_title("anomaly map (test-set scale) + ground truth", fontsize="small")
+    ax_map.set_title(f"anomaly map ({scale})" + (" + ground truth" if mask is not None else ""),
+                     fontsize="small")
     if mask is not None:
         m = np.asarray(mask, dtype=np.float64)
         if m.min() < 0.5 <= m.max():  # contour() of a constant mask draws nothing but warns
@@ -401,6 +403,23 @@ def save_overlays(images, maps, masks, scores, labels, out_dir: str | os.PathLik
                                   title)
             path = out / f"{kind}_{rank:02d}_{_safe_name(names[i])}.png"
             paths.append(_write_png(fig, path))
+    return paths
+
+
+def save_maps(images, maps, scores, anomalous, names: Sequence[str],
+              out_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """One PNG per image (`<name>.png`): the image beside the image under its anomaly map, on
+    one colour scale for all the images, titled with the score and the decision."""
+    maps = np.asarray(maps)
+    lo, hi = _map_range(maps)
+    norm = Normalize(vmin=lo, vmax=hi, clip=True)
+    out = _out_dir(out_dir)
+    paths = []
+    for image, amap, score, flag, name in zip(images, maps, scores, anomalous, names,
+                                              strict=True):
+        title = f"{name}: score {float(score):.6g} ({'anomalous' if flag else 'normal'})"
+        fig = _overlay_figure(image, amap, None, norm, title, scale="scale of these images")
+        paths.append(_write_png(fig, out / f"{_safe_name(name)}.png"))
     return paths
 
 

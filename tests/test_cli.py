@@ -122,3 +122,43 @@ def test_data_synth_writes_the_embedded_data_set(tmp_path):
     with Image.open(pngs[0]) as image:
         assert image.size == (64, 64)
     assert list((out / "tiles" / "ground_truth").rglob("*_mask.png"))
+
+
+def test_unknown_nested_key_names_the_key_and_the_close_one(tmp_path):
+    proc = _adjax("train", CONFIG, f"--workdir={tmp_path / 'w'}", "--config.train.stepz=3",
+                  tmp_path=tmp_path)
+    assert _error_line(proc) == ("adjax train: error: config.train.stepz is not a key of this "
+                                 "config (did you mean config.train.steps?).")
+
+
+def test_config_files_that_are_missing_or_do_not_compile(tmp_path):
+    proc = _adjax("train", f"--config={tmp_path / 'none.py'}:quick", "--workdir=w",
+                  tmp_path=tmp_path)
+    assert _error_line(proc).endswith(f"config file {tmp_path / 'none.py'} does not exist.")
+    (tmp_path / "bad.py").write_text("def get_config(:\n")
+    proc = _adjax("train", f"--config={tmp_path / 'bad.py'}", "--workdir=w", tmp_path=tmp_path)
+    assert "does not compile (line 1" in _error_line(proc)
+
+
+def test_outputs_that_cannot_be_written(tmp_path):
+    proc = _adjax("train", CONFIG, "--workdir=/dev/null/x", tmp_path=tmp_path)
+    assert "work directory /dev/null/x cannot be created" in _error_line(proc)
+    proc = _adjax("data", "synth", "--out=/dev/null/x", tmp_path=tmp_path)
+    assert "/dev/null/x cannot be created" in _error_line(proc)
+
+
+def test_config_prints_the_variants_and_every_key(tmp_path):
+    proc = _adjax("config", CONFIG, "--config.train.steps=7", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "variants of configs/efficientad.py: s, m, quick" in proc.stdout
+    assert "  steps: 7" in proc.stdout and "root: embedded" in proc.stdout
+
+
+def test_help_texts(tmp_path):
+    proc = _adjax("data", "--help", tmp_path=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: adjax data synth")
+    proc = _adjax("data", "synth", "--help", tmp_path=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: adjax data synth")
+    proc = _adjax("train", "--help", tmp_path=tmp_path)
+    assert proc.returncode == 0
+    assert "--config.KEY=VALUE" in proc.stdout and "adjax config" in proc.stdout

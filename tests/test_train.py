@@ -14,9 +14,11 @@ from conftest import load_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adjax import evaluate, metrics, runtime
+from adjax import evaluate, metrics, predict, runtime
 from adjax.config import ConfigError
-from adjax.data.layouts import DataError
+from adjax.data import datasets
+from adjax.data.layouts import DataError, Sample
+from adjax.data.loading import load_split
 from adjax.methods.base import TrainState
 from adjax.train import Progress, TrainingError, train, workdir_lock
 
@@ -139,8 +141,6 @@ def test_evaluate_writes_the_metrics_of_its_maps(reference, tmp_path):
     assert any(p.startswith("worst_") for p in pictures)
     assert path.is_file() and path.parent == tmp_path / "results"
     config, method, state = evaluate.load_run(workdir)
-    from adjax.data import datasets
-
     test = datasets.test(config.data)
     maps, scores = evaluate.predict_all(method, state, test.images, 5)  # another batch size
     expected = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=0.3)
@@ -292,3 +292,22 @@ def test_progress_lines_come_by_steps_and_by_time_and_leave_out_the_compile():
         progress.update(step, lambda: 0.5)
     assert len(lines) == 3
     assert lines[2] == "step 16/1000  loss 0.5000  0.5 steps/s  ETA 00:32:48"
+
+
+def test_predict_scores_new_images(reference, tmp_path, synth_root):
+    cfg, _, workdir = reference
+    if cfg.train.loop != "host":
+        pytest.skip("one loop is enough")
+    pattern = str(synth_root / "tiles" / "test" / "*" / "000.png")
+    out = predict.predict(workdir, pattern, tmp_path / "out")
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "image,name,score,anomalous,threshold,threshold_rule"
+    assert len(rows) == 1 + 5  # good + four defects, one image each
+    names = [row.split(",")[1] for row in rows[1:]]
+    assert names == ["crack_000", "good_000", "hole_000", "scratch_000", "stain_000"]
+    config, method, state = evaluate.load_run(workdir)
+    image = load_split([Sample(synth_root / "tiles/test/hole/000.png", None, 0, "good")], 128)
+    maps, scores = evaluate.predict_all(method, state, image.images, 1)
+    np.testing.assert_allclose(np.load(out / "hole_000.npy"), maps[0], rtol=1e-5, atol=1e-6)
+    assert float(rows[3].split(",")[2]) == pytest.approx(float(scores[0]), rel=1e-5)
+    assert (out / "hole_000.png").is_file()
