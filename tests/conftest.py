@@ -15,6 +15,26 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def accelerators() -> list[jax.Device]:
+    """The GPUs or TPUs JAX sees (empty on a CPU-only machine)."""
+    for platform in ("gpu", "tpu"):
+        try:
+            return jax.devices(platform)
+        except RuntimeError:
+            continue
+    return []
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.gpu` tests run where an accelerator exists and are skipped elsewhere."""
+    if accelerators():
+        return
+    skip = pytest.mark.skip(reason="needs a GPU or TPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def load_config(name: str, arg: str = ""):
     """`configs/<name>.py`'s get_config(arg), as `--config=configs/<name>.py:arg` loads it."""
     path = ROOT / "configs" / f"{name}.py"
@@ -31,3 +51,17 @@ def synth_root(tmp_path_factory) -> pathlib.Path:
 
     return write_dataset(tmp_path_factory.mktemp("synth"), image_size=128, n_train=12,
                          n_test_good=4, n_test_per_defect=2, categories=("tiles",))
+
+
+def assert_record_holds_the_runs_metrics(record, workdir, keys=("image_auroc", "image_ap")):
+    """The record's metrics are those of the run's predictions on its test split (recomputed
+    here with another prediction batch size)."""
+    from adjax import evaluate, metrics
+    from adjax.data import datasets
+
+    config, method, state = evaluate.load_run(workdir)
+    test = datasets.test(config.data)
+    maps, scores = evaluate.predict_all(method, state, test.images, 3)
+    expected = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=0.3)
+    for key in keys:
+        assert record["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key

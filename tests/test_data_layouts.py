@@ -362,3 +362,32 @@ def test_sample_is_frozen(tmp_path):
     s = Sample(tmp_path / "a.png", None, 0, "good")
     with pytest.raises(AttributeError):
         s.label = 1
+
+
+def test_the_data_set_name_follows_the_root(tmp_path):
+    import ml_collections
+
+    from adjax.config import data_config
+    from adjax.data import datasets, synthetic
+
+    def name(**kw) -> str:
+        return datasets.dataset_name(ml_collections.ConfigDict(data_config(**kw)))
+
+    assert name(root="embedded") == "synth"
+    assert name(root=str(tmp_path), layout="btad") == "btad"  # the user's own data
+    synthetic.write_dataset(tmp_path / "copy", image_size=32, n_train=1, n_test_good=0,
+                            n_test_per_defect=0, categories=("tiles",))
+    assert name(root=str(tmp_path / "copy")) == "synth"  # `adjax data synth` wrote it
+    assert name(root=str(tmp_path), name="parts") == "parts"  # set by the user
+
+
+def test_the_embedded_data_set_is_written_once_to_the_cache(tmp_path):
+    from adjax.data import synthetic
+
+    lines = []
+    root = synthetic.embedded_root(tmp_path, lines.append)
+    assert root == tmp_path / f"embedded-v{synthetic.EMBEDDED_VERSION}"
+    assert synthetic.is_synthetic(root) and len(lines) == 1
+    assert len(list((root / "tiles" / "train" / "good").glob("*.png"))) == 120
+    assert synthetic.embedded_root(tmp_path, lines.append) == root and len(lines) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

@@ -10,13 +10,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import accelerators, assert_record_holds_the_runs_metrics, load_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adjax import evaluate, metrics, predict, runtime
+from adjax import evaluate, predict, runtime
 from adjax.config import ConfigError
-from adjax.data import datasets
 from adjax.data.layouts import DataError, Sample
 from adjax.data.loading import load_split
 from adjax.methods.base import TrainState
@@ -85,6 +84,23 @@ def test_resume_equals_uninterrupted(reference, tmp_path):
     _close(resumed.opt_state, state.opt_state, 1e-6)
 
 
+@pytest.mark.gpu
+def test_the_accelerator_trains_as_the_cpu(synth_root, tmp_path):
+    # The path GPUs and TPUs run (the scanned chunk, placed on the accelerator) against the
+    # CPU's host loop, at full float32 matmul precision (no TF32).
+    with jax.default_matmul_precision("highest"):
+        states = {}
+        for name, devices, loop in (("cpu", jax.devices("cpu")[:1], "host"),
+                                    ("accelerator", accelerators()[:1], "auto")):
+            cfg = _config(synth_root, tmp_path / name, loop)
+            states[name] = train(cfg, tmp_path / name / "work", devices=devices,
+                                 log=lambda _: None)
+    assert states["accelerator"].params["student"]["params"]["Conv2d_0"]["conv"][
+        "kernel"].devices() == set(accelerators()[:1])
+    _close(jax.device_get(states["accelerator"].params), jax.device_get(states["cpu"].params),
+           1e-3)
+
+
 def test_scan_and_host_loop_agree(synth_root, tmp_path_factory):
     states = {}
     for loop in LOOPS:
@@ -140,12 +156,8 @@ def test_evaluate_writes_the_metrics_of_its_maps(reference, tmp_path):
     assert {"roc.png", "pr.png", "pro.png"} <= set(pictures)
     assert any(p.startswith("worst_") for p in pictures)
     assert path.is_file() and path.parent == tmp_path / "results"
-    config, method, state = evaluate.load_run(workdir)
-    test = datasets.test(config.data)
-    maps, scores = evaluate.predict_all(method, state, test.images, 5)  # another batch size
-    expected = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=0.3)
-    for key in ("image_auroc", "pixel_auroc", "aupro_0.3", "image_ap", "pixel_ap"):
-        assert record["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key
+    assert_record_holds_the_runs_metrics(record, workdir, ("image_auroc", "pixel_auroc",
+                                                           "aupro_0.3", "image_ap", "pixel_ap"))
     assert record["dataset"] == "synth" and record["category"] == "tiles"
     assert "random" in record["notes"]["teacher"]
     assert record["run"]["test_images"] == 4 + 4 * 2 and record["run"]["steps"] == 8

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import assert_record_holds_the_runs_metrics, load_config
 from scipy import ndimage, special
 
 from adjax import evaluate
@@ -252,6 +252,7 @@ def test_trainer_and_evaluation_run_end_to_end(synth_root, tmp_path):
     assert int(state.step) == 4
     record, path = evaluate.evaluate(tmp_path / "work", tmp_path / "results")
     assert path.is_file() and record["method"] == "vtadl" and record["variant"] == "quick"
-    assert 0.0 <= record["metrics"]["image_auroc"] <= 1.0
+    assert_record_holds_the_runs_metrics(record, tmp_path / "work",
+                                         ("image_auroc", "pixel_auroc", "aupro_0.3"))
     assert record["run"]["params"]["capsules"] == 16 * 16 // 8 * 64 * 8
     assert record["notes"]["nll"] == "mixture"

@@ -106,8 +106,11 @@ def read_tfds(name: str, split: str, label_key: str, data_dir: str | None,
     Reads the `array_record` files through `tfds.builder(...).as_data_source()`: no
     TensorFlow, no download. Raises `DataError` when the set is not prepared in `data_dir`.
     """
-    import tensorflow_datasets as tfds
-
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise DataError(f"reading the TFDS data set {name} needs tensorflow-datasets (without "
+                        f"TensorFlow): pip install 'adjax[tfds]'.") from err
     builder = tfds.builder(name, data_dir=data_dir)
     where = data_dir or "TFDS's default data directory"
     if not builder.is_prepared():
