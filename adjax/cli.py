@@ -165,7 +165,7 @@ def _eval() -> None:
 
     record, path = evaluate.evaluate(FLAGS.workdir, FLAGS.results_dir, FLAGS.fpr_limit,
                                      FLAGS.save_images, data=_data_overrides(), log=_say)
-    print(tables.metric_table([record]))
+    print(tables.render([record], metric_names=tables.DEFAULT_METRICS))
     missing = record["notes"]["missing"]
     if missing:
         reasons = sorted(set(missing.values()))

@@ -1,6 +1,5 @@
 """Results records -> tables in Markdown, LaTeX or CSV.
 
-* `metric_table`: the short Markdown table `adjax eval` prints, one row per record.
 * `select`: the records a table is made of (by source, method, data set), refusing a filter
   that matches nothing with one sentence that lists what exists.
 * `render`: method x category pivots of adjax runs, of published numbers (`kind: paper`
@@ -61,35 +60,6 @@ def format_metric(name: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-def metric_table(records: Sequence[dict[str, Any]],
-                 metric_names: Sequence[str] = DEFAULT_METRICS) -> str:
-    """A Markdown table: one row per (method, variant, data set, category), metrics in percent,
-    and a mean row per (method, variant, data set) when it has more than one category."""
-    header = ["method", "data set", "category", *metric_names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        method = f"{r['method']}:{r['variant']}" if r["variant"] else r["method"]
-        if r["source"] != "adjax":
-            method += " (published)"
-        key = (method, r["dataset"])
-        groups.setdefault(key, []).append(r)
-    for (method, dataset), rows in groups.items():
-        for r in sorted(rows, key=lambda r: r["category"]):
-            values = [format_metric(m, r["metrics"].get(m)) for m in metric_names]
-            lines.append("| " + " | ".join([method, dataset, r["category"], *values]) + " |")
-        if len({r["category"] for r in rows}) > 1:
-            means = []
-            for m in metric_names:
-                vals = [r["metrics"].get(m) for r in rows]
-                means.append(format_metric(m, None if None in vals else sum(vals) / len(vals)))
-            lines.append("| " + " | ".join([method, dataset, "**mean**", *means]) + " |")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------ select
-
-# Which records each kind of table is made of, and what to call them in a message.
 _OF_SOURCE = {"adjax": lambda r: r["kind"] == "eval", "paper": lambda r: r["kind"] == "paper",
               "all": lambda r: r["kind"] != "bench", "bench": lambda r: r["kind"] == "bench"}
 _LABEL = {"adjax": "adjax eval ", "paper": "published ", "all": "", "bench": "bench "}

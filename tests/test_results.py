@@ -10,10 +10,9 @@ import pathlib
 import socket
 import subprocess
 
-import numpy as np
 import pytest
 
-from adjax import results, tables
+from adjax import results
 from adjax.results import RecordError
 
 ENV = {"platform": "cpu", "device_kind": "cpu", "device_count": 1, "jax": "0", "flax": "0",
@@ -301,37 +300,3 @@ def _rows(table: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
-def test_metric_table_one_row_per_record_in_percent():
-    record = _record(metrics={"image_auroc": 0.98765, "pixel_auroc": 0.5})
-    table = tables.metric_table([record], ["image_auroc", "pixel_auroc"])
-    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
-    assert header == ["method", "data set", "category", "image_auroc", "pixel_auroc"]
-    assert _rows(table) == [["efficientad:s", "mvtec_ad", "bottle", "98.8", "50.0"]]
-
-
-def test_metric_table_mean_row_and_missing_metrics():
-    values = {"bottle": (0.91, 0.8), "cable": (0.72, None), "wood": (0.955, 0.7)}
-    records = [_record(category=c, metrics={"image_auroc": a, "pixel_auroc": p})
-               for c, (a, p) in values.items()]
-    rows = _rows(tables.metric_table(records[::-1], ["image_auroc", "pixel_auroc", "aupro_0.3"]))
-    assert len(rows) == 4
-    # Categories sorted, then the mean; a metric missing (None or absent) shows a dash.
-    assert [r[2] for r in rows] == ["bottle", "cable", "wood", "**mean**"]
-    assert rows[1][3:] == ["72.0", "–", "–"]
-    mean = 100 * np.mean([a for a, _ in values.values()])
-    assert rows[3][3] == f"{mean:.1f}"
-    assert rows[3][4:] == ["–", "–"]  # a mean over a missing value is missing
-
-
-def test_metric_table_groups_by_method_variant_and_dataset():
-    records = [_record(category="bottle"), _record(category="bottle", variant="m"),
-               _record(category="bottle", dataset="visa")]
-    rows = _rows(tables.metric_table(records, ["image_auroc"]))
-    # Three groups of one category each: no mean rows.
-    assert [(r[0], r[1]) for r in rows] == [("efficientad:s", "mvtec_ad"),
-                                            ("efficientad:m", "mvtec_ad"),
-                                            ("efficientad:s", "visa")]
-
-
-def test_metric_table_of_no_records_is_only_the_header():
-    assert len(tables.metric_table([], ["image_auroc"]).splitlines()) == 2
