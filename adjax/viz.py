@@ -125,7 +125,14 @@ def _new_axes(title: str, what: str, figsize=(6.0, 5.5)):
     return fig, ax
 
 
-def _roc_figure(curves, title: str) -> Figure | None:
+def _value(exact: Mapping[str, Any] | None, key: str, plotted: float) -> tuple[float, str]:
+    """The exact metric when the result holds it, else the plotted curve's own area."""
+    if exact is not None and isinstance(exact.get(key), float) and np.isfinite(exact[key]):
+        return exact[key], "exact"
+    return plotted, "of the plotted curve"
+
+
+def _roc_figure(curves, title: str, exact=None) -> Figure | None:
     drawn = []
     for key, name, color in (("image_roc", "image", _IMAGE_COLOR),
                              ("pixel_roc", "pixel", _PIXEL_COLOR)):
@@ -138,16 +145,15 @@ def _roc_figure(curves, title: str) -> Figure | None:
     fig, ax = _new_axes(title, "ROC")
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
     for name, color, fpr, tpr in drawn:
-        auroc = _trapezoid(fpr, tpr)
-        ax.plot(fpr, tpr, color=color, lw=1.8,
-                label=f"{name}: AUROC {auroc:.4f} (trapezoid of plotted curve)")
+        auroc, how = _value(exact, f"{name}_auroc", _trapezoid(fpr, tpr))
+        ax.plot(fpr, tpr, color=color, lw=1.8, label=f"{name}: AUROC {auroc:.4f} ({how})")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate",
            ylabel="true positive rate")
     ax.legend(loc="lower right", fontsize="small")
     return fig
 
 
-def _pr_figure(curves, title: str) -> Figure | None:
+def _pr_figure(curves, title: str, exact=None) -> Figure | None:
     drawn = []
     for key, name, color in (("image_pr", "image", _IMAGE_COLOR),
                              ("pixel_pr", "pixel", _PIXEL_COLOR)):
@@ -162,9 +168,9 @@ def _pr_figure(curves, title: str) -> Figure | None:
         # same way ("steps-pre"), so the area under the drawn line is the AP shown.
         r = np.insert(recall, 0, 0.0)
         p = np.insert(precision, 0, precision[0])
-        ap = float(np.sum(np.diff(r) * precision))
+        ap, how = _value(exact, f"{name}_ap", float(np.sum(np.diff(r) * precision)))
         ax.plot(r, p, drawstyle="steps-pre", color=color, lw=1.8,
-                label=f"{name}: AP {ap:.4f} (step area of plotted curve)")
+                label=f"{name}: AP {ap:.4f} ({how})")
         # At the lowest threshold everything is predicted anomalous: precision = prevalence.
         ax.axhline(precision[-1], ls=":", lw=1, color=color,
                    label=f"{name}: chance (prevalence {precision[-1]:.3f})")
@@ -173,17 +179,16 @@ def _pr_figure(curves, title: str) -> Figure | None:
     return fig
 
 
-def _pro_figure(curves, title: str, fpr_limit: float) -> Figure | None:
+def _pro_figure(curves, title: str, fpr_limit: float, exact=None) -> Figure | None:
     c = _finite_curve(curves, "pro", "fpr", "pro")
     if c is None:
         return None
     fpr, pro = np.insert(c[0], 0, 0.0), np.insert(c[1], 0, 0.0)  # the curve starts at (0, 0)
     cx, cy = _cut_at(fpr, pro, fpr_limit)
-    area = _trapezoid(cx, cy) / fpr_limit
+    area, how = _value(exact, f"aupro_{fpr_limit}", _trapezoid(cx, cy) / fpr_limit)
     fig, ax = _new_axes(title, "per-region overlap (PRO)")
     ax.fill_between(cx, cy, color=_PIXEL_COLOR, alpha=0.25, lw=0,
-                    label=f"integrated: AU-PRO@{fpr_limit:g} {area:.4f} "
-                          "(normalised trapezoid of plotted curve)")
+                    label=f"integrated: AU-PRO@{fpr_limit:g} {area:.4f} ({how})")
     ax.plot(fpr, pro, color=_PIXEL_COLOR, lw=1.8, label="PRO")
     ax.axvline(fpr_limit, color="0.3", ls="--", lw=1, label=f"FPR limit {fpr_limit:g}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate (normal pixels)",
@@ -193,7 +198,8 @@ def _pro_figure(curves, title: str, fpr_limit: float) -> Figure | None:
 
 
 def save_curves(curves: Mapping[str, Any], out_dir: str | os.PathLike, *, title: str = "",
-                fpr_limit: float = 0.3) -> list[pathlib.Path]:
+                fpr_limit: float = 0.3,
+                exact: Mapping[str, Any] | None = None) -> list[pathlib.Path]:
     """Writes ``roc.png``, ``pr.png`` and ``pro.png`` for the curves that are present.
 
     Args:
@@ -211,14 +217,17 @@ def save_curves(curves: Mapping[str, Any], out_dir: str | os.PathLike, *, title:
     Returns:
       The paths written, in the order roc, pr, pro.
 
-    Legends show AUROC (trapezoid, from (0, 0)), AP (step-wise) and AU-PRO (trapezoid up to
-    ``fpr_limit``, divided by it) recomputed from the plotted points; see the module docstring.
+    Legends show AUROC, AP and AU-PRO@fpr_limit: the exact values of ``exact`` (the
+    ``adjax.metrics.compute`` result, as its record holds them) when given, else recomputed from
+    the plotted points (AUROC: trapezoid from (0, 0); AP: step-wise; AU-PRO: trapezoid up to
+    ``fpr_limit``, divided by it), which a curve drawn from fewer points only approximates.
     """
     fpr_limit = float(fpr_limit)
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    figures = (("roc.png", _roc_figure(curves, title)), ("pr.png", _pr_figure(curves, title)),
-               ("pro.png", _pro_figure(curves, title, fpr_limit)))
+    figures = (("roc.png", _roc_figure(curves, title, exact)),
+               ("pr.png", _pr_figure(curves, title, exact)),
+               ("pro.png", _pro_figure(curves, title, fpr_limit, exact)))
     if all(fig is None for _, fig in figures):
         return []
     out = _out_dir(out_dir)
@@ -440,5 +449,5 @@ def save_all(result: Mapping[str, Any], images, maps, masks, scores, labels,
     if "curves" not in result:
         raise ValueError("result has no 'curves': call adjax.metrics.compute(..., "
                          "with_curves=True)")
-    paths = save_curves(result["curves"], out_dir, **curve_kw)
+    paths = save_curves(result["curves"], out_dir, exact=result, **curve_kw)
     return paths + save_overlays(images, maps, masks, scores, labels, out_dir, **overlay_kw)

@@ -176,3 +176,15 @@ def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         viz._write_png(fig, tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_legends_show_the_exact_metrics_of_the_record(data):
+    result = data[-1]
+    labels = {}
+    for name, figure in (("roc", viz._roc_figure(result["curves"], "t", result)),
+                         ("pr", viz._pr_figure(result["curves"], "t", result)),
+                         ("pro", viz._pro_figure(result["curves"], "t", 0.3, result))):
+        labels[name] = " ".join(t.get_text() for t in figure.axes[0].get_legend().get_texts())
+    assert f"pixel: AP {result['pixel_ap']:.4f} (exact)" in labels["pr"]
+    assert f"image: AUROC {result['image_auroc']:.4f} (exact)" in labels["roc"]
+    assert f"AU-PRO@0.3 {result['aupro_0.3']:.4f} (exact)" in labels["pro"]
