@@ -161,13 +161,16 @@ def vgg_from_torch(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
 
 def resnet_from_torch(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
     """Variables of `adjax.nn.resnet.ResNet` (shaped as `like`: {"params", "batch_stats"}) from
-    a torchvision ResNet state dict; `fc.*` is ignored. The result holds every torchvision layer
-    (a missing one stops with its name); layers torchvision lacks (squeeze-and-excitation,
-    `se*`) are not in it: `merge` keeps their initialisation."""
+    a torchvision ResNet state dict; `fc.*` is ignored, and so are the stages a truncated trunk
+    (`ResNet.returns`) does not build. The result holds every torchvision layer of the trunk (a
+    missing one stops with its name); layers torchvision lacks (squeeze-and-excitation, `se*`)
+    are not in it: `merge` keeps their initialisation."""
     mapper = Mapper(like, "ResNet")
+    built = {name.split("_")[0] for name in like["params"]}
     for key, value in state_dict.items():
         parts = key.split(".")
-        if parts[0] == "fc" or parts[-1] == "num_batches_tracked":
+        if parts[0] == "fc" or parts[-1] == "num_batches_tracked" or (
+                parts[0].startswith("layer") and parts[0] not in built):
             continue
         if parts[0].startswith("layer"):
             parts = [f"{parts[0]}_{parts[1]}", *parts[2:]]

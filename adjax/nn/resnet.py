@@ -1,4 +1,5 @@
-"""ResNet-18/34/50 trunks (torchvision layout) with optional squeeze-and-excitation, NHWC.
+"""ResNet-18/34/50/101 and Wide ResNet trunks (torchvision layout) with optional
+squeeze-and-excitation, NHWC.
 
 The trunk is torchvision's `conv1, bn1, relu, maxpool, layer1..layer4` without the average
 pool and classifier. Module names follow torchvision's state-dict keys (`conv1`, `bn1`,
@@ -21,7 +22,8 @@ from adjax.nn.layers import batch_norm
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-          50: ("bottleneck", (3, 4, 6, 3))}
+          50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
@@ -57,6 +59,7 @@ class BasicBlock(nn.Module):
     features: int
     stride: int = 1
     dtype: Any = None
+    width_per_group: int = 64  # torchvision's BasicBlock supports only 64
     expansion = 1
 
     @nn.compact
@@ -67,17 +70,20 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1, 3x3 (strided, torchvision v1.5), 1x1 x4 convs with a residual (ResNet-50)."""
+    """1x1, 3x3 (strided, torchvision v1.5), 1x1 x4 convs with a residual (ResNet-50/101); the
+    inner width is features * width_per_group / 64 (128: torchvision's Wide ResNet-50-2/101-2)."""
 
     features: int
     stride: int = 1
     dtype: Any = None
+    width_per_group: int = 64
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = nn.relu(_conv_bn(x, self.features, 1, 1, 1, train, self.dtype))
-        y = nn.relu(_conv_bn(y, self.features, 3, self.stride, 2, train, self.dtype))
+        inner = self.features * self.width_per_group // 64
+        y = nn.relu(_conv_bn(x, inner, 1, 1, 1, train, self.dtype))
+        y = nn.relu(_conv_bn(y, inner, 3, self.stride, 2, train, self.dtype))
         y = _conv_bn(y, self.features * 4, 1, 1, 3, train, self.dtype)
         return nn.relu(y + _shortcut(x, self.features * 4, self.stride, train, self.dtype))
 
@@ -91,13 +97,18 @@ def _shortcut(x, features, stride, train, dtype):
 
 
 class ResNet(nn.Module):
-    """A ResNet trunk: the feature map after layer4 ([B, ~H/32, ~W/32, 512 or 2048]).
+    """A ResNet trunk: the feature map after layer4 ([B, ~H/32, ~W/32, 512 or 2048]), or the
+    outputs of the stages named in `returns`.
 
     Attributes:
-      depth: 18, 34 or 50.
+      depth: 18, 34, 50 or 101.
       width: multiplier of the stage widths 64/128/256/512 (1.0 = torchvision).
       se_ratio: squeeze-and-excitation reduction ratio after stem and stages; 0 = none.
       maxpool: keep the stem's 3x3/2 max-pool (the pyramidal AE of ch. 4 removes it).
+      width_per_group: 64, or 128 for torchvision's `wide_resnet50_2` / `wide_resnet101_2`.
+      returns: stages whose outputs to return as a dict ({"layer2": ..., "layer3": ...}); the
+        trunk stops after the last one (its later stages have no parameters). Empty: the
+        layer4 map.
       dtype: computation dtype.
     """
 
@@ -105,10 +116,12 @@ class ResNet(nn.Module):
     width: float = 1.0
     se_ratio: int = 0
     maxpool: bool = True
+    width_per_group: int = 64
+    returns: tuple[str, ...] = ()
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[str, jax.Array]:
         if self.depth not in STAGES:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGES)}, got {self.depth}.")
         kind, blocks = STAGES[self.depth]
@@ -120,11 +133,17 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         if self.se_ratio:
             x = SqueezeExcite(self.se_ratio, name="se1")(x)
-        for stage, n in enumerate(blocks):
+        unknown = set(self.returns) - set(LAYERS)
+        if unknown:
+            raise ValueError(f"ResNet returns stages of {LAYERS}, not {sorted(unknown)}.")
+        last = max((LAYERS.index(r) for r in self.returns), default=len(LAYERS) - 1)
+        out = {}
+        for stage, n in enumerate(blocks[:last + 1]):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                x = block(base * 2**stage, stride, self.dtype,
+                x = block(base * 2**stage, stride, self.dtype, self.width_per_group,
                           name=f"layer{stage + 1}_{i}")(x, train)
             if self.se_ratio:
                 x = SqueezeExcite(self.se_ratio, name=f"se{stage + 2}")(x)
-        return x
+            out[LAYERS[stage]] = x
+        return {r: out[r] for r in self.returns} if self.returns else x
