@@ -90,6 +90,17 @@ def _save_images(folder: pathlib.Path, computed, test, maps, scores, fpr_limit) 
                  fpr_limit=fpr_limit, names=names)
 
 
+def training_time(workdir: pathlib.Path) -> dict[str, float]:
+    """`train_s` (wall seconds of the training session that finished the run, compiling
+    included) and `train_steps_per_s` (its rate after the first call), from the last line of
+    `metrics.jsonl`; empty when the log lacks them."""
+    path = workdir / "metrics.jsonl"
+    lines = files.read_text(path, "metrics file").splitlines() if path.is_file() else []
+    last = json.loads(lines[-1]) if lines else {}
+    out = {"train_s": last.get("elapsed_s"), "train_steps_per_s": last.get("steps_per_s")}
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
 def load_run(workdir: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, Any, Any]:
     """(config, method, final state) of a finished training run in `workdir`."""
     workdir = pathlib.Path(workdir)
@@ -154,6 +165,7 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     computed |= thresholded(maps, test.masks, val_maps, how, q, k, "pixel")
     numbers = {key: (None if math.isnan(v) else v) for key, v in computed.items()
                if isinstance(v, float | int) and not isinstance(v, bool)}
+    numbers |= training_time(workdir)
     info = method.describe(state)
     notes = {"missing": computed["missing"], "oracle": "image_f1_max and pixel_f1_max are "
              "test-set-optimal (oracle) figures; *_val_* metrics use thresholds chosen on "

@@ -269,9 +269,10 @@ def _run(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk
                     + (f"the last good checkpoint is at step {last} in {workdir}."
                        if last is not None else "no checkpoint had been written yet."))
             means = {k: float(v.mean()) for k, v in history.items()}
-            rate = progress.rate(step, progress.clock())
+            now = progress.clock()
             metrics_file.write(json.dumps({"step": step, "steps": length, **means,
-                                           "steps_per_s": rate}) + "\n")
+                                           "steps_per_s": progress.rate(step, now),
+                                           "elapsed_s": now - progress.began}) + "\n")
             metrics_file.flush()
             if not chunks[length].per_step:
                 progress.update(step, lambda m=means: m["loss"])
