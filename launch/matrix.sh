@@ -1,23 +1,87 @@
 #!/usr/bin/env bash
 # Train, evaluate and benchmark one config over every category of a data set, on whatever JAX
-# sees on this machine (CPU, one or several GPUs, a TPU host). Resumable: rerun after a kill and
-# each category resumes from its last checkpoint (finished ones are only re-evaluated).
+# sees on this machine (CPU, one or several GPUs, a TPU host), then print the tables.
 #
-#   bash launch/matrix.sh configs/efficientad.py:s /data/mvtec_ad runs/ead-s results/mvtec_ead-s
+#   bash launch/matrix.sh CONFIG ROOT RUNS [RESULTS] [--config.key=value ...] [--dry-run]
+#   bash launch/matrix.sh configs/efficientad.py:s /data/mvtec_ad runs/ead-s
+#   CATEGORIES="tiles disc" BENCH=0 bash launch/matrix.sh configs/efficientad.py:quick embedded runs/quick
 #
-# Extra arguments after the fourth are passed to `adjax train` (e.g. --config.data.layout=btad).
+# Work directories: RUNS/<category>; records: RESULTS (default RUNS/results; keep them out of
+# the repository's committed results/). Categories: ROOT's subfolders, or $CATEGORIES (needed
+# for ROOT=embedded). Arguments after RESULTS go to `adjax train`. Resumable: rerun after a
+# kill and each category resumes from its last checkpoint (finished ones are only re-evaluated).
+# DRY_RUN=1 (or --dry-run): print every command, run nothing. BENCH=0: no benchmark;
+# BENCH_ARGS: extra `adjax bench` flags, e.g. "--batch_sizes=1 --repeats=2 --precision=fp32".
+# The last table puts the repository's published numbers (results/paper) beside the runs.
 set -euo pipefail
-config=${1:?config, e.g. configs/efficientad.py:s}
-root=${2:?data root}
-runs=${3:?folder for work directories}
-results=${4:?folder for results records}
-shift 4
-categories=${CATEGORIES:-$(find "$root" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort)}
-for category in $categories; do
-  workdir="$runs/$category"
-  adjax train --config="$config" --workdir="$workdir" --config.data.root="$root" \
-    --config.data.category="$category" "$@"
-  adjax eval --workdir="$workdir" --results_dir="$results"
+die() { echo "matrix.sh: $*" >&2; exit 2; }
+dry=${DRY_RUN:-0}
+args=()
+for arg in "$@"; do
+  if [[ $arg == --dry-run ]]; then dry=1; else args+=("$arg"); fi
 done
-adjax bench --config="$config" --results_dir="$results" --precision=fp32,bf16
-adjax tables --results="$results" --source=all
+set -- ${args[@]+"${args[@]}"}
+(($# >= 3)) || die "usage: bash launch/matrix.sh CONFIG ROOT RUNS [RESULTS] [--config.key=value ...]"
+config=$1 root=$2 runs=$3
+shift 3
+results=$runs/results
+if (($#)) && [[ $1 != -* ]]; then results=$1; shift; fi
+bench=${BENCH:-1}
+read -ra bench_args <<< "${BENCH_ARGS:-}"
+read -ra categories <<< "${CATEGORIES:-}"
+paper=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/results/paper
+
+[[ -f ${config%%:*} ]] || die "no config file ${config%%:*} (give F.py:VARIANT, e.g. configs/efficientad.py:s)."
+[[ $bench == [01] ]] || die "BENCH must be 0 or 1, not '$bench'."
+[[ $dry == [01] ]] || die "DRY_RUN must be 0 or 1, not '$dry'."
+for folder in "$runs" "$results"; do
+  [[ ! -e $folder || -d $folder ]] || die "$folder exists and is not a folder."
+done
+if [[ $root == embedded ]]; then
+  ((${#categories[@]})) || die "ROOT=embedded has no folders to list: set CATEGORIES (e.g. CATEGORIES=\"tiles disc\")."
+else
+  [[ -d $root ]] || die "the data root $root is not a folder."
+  if ((${#categories[@]} == 0)); then
+    for folder in "$root"/*/; do
+      [[ -d $folder ]] && categories+=("$(basename "$folder")")
+    done
+  fi
+  ((${#categories[@]})) || die "the data root $root has no category folders (or set CATEGORIES)."
+  for category in "${categories[@]}"; do
+    [[ -d $root/$category ]] || die "no category folder $root/$category."
+  done
+fi
+((dry)) || command -v adjax > /dev/null || die "adjax is not on PATH (activate the environment it is installed in)."
+
+run() {  # Runs one command, or prints it with DRY_RUN (quoted where the shell needs it).
+  ((dry)) || { "$@"; return; }
+  local arg line="" plain='^[-A-Za-z0-9_./:=,@%+]+$'
+  for arg; do
+    [[ $arg =~ $plain ]] || arg="'${arg//\'/\'\\\'\'}'"
+    line+=" $arg"
+  done
+  echo "${line# }"
+}
+for category in "${categories[@]}"; do
+  workdir=$runs/$category
+  run adjax train --config="$config" --workdir="$workdir" --config.data.root="$root" \
+    --config.data.category="$category" "$@"
+  run adjax eval --workdir="$workdir" --results_dir="$results"
+done
+if ((bench)); then
+  run adjax bench --config="$config" --results_dir="$results" --precision=fp32,bf16 \
+    ${bench_args[@]+"${bench_args[@]}"}
+  run adjax tables --results="$results" --kind=bench
+fi
+run adjax tables --results="$results" --source=adjax
+if [[ -d $paper ]]; then
+  # `adjax tables` reads one folder: a hidden view (skipped when RUNS is read) holds both.
+  view=$runs/.tables
+  run rm -rf "$view"
+  run mkdir -p "$view"
+  run cp -R "$results" "$view/runs"
+  run cp -R "$paper" "$view/published"
+  run adjax tables --results="$view" --source=all
+else
+  echo "matrix.sh: no published records at $paper; the table above has the runs only." >&2
+fi
