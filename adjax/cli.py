@@ -223,9 +223,9 @@ def _tables() -> None:
     # selection left out goes to stderr; see tables.overview).
     from adjax import files, results, tables
 
-    records = results.read_all(FLAGS.results)
+    records = [r for folder in FLAGS.results for r in results.read_all(folder)]
     if not records:
-        raise ValueError(f"no results records under {FLAGS.results} (searched it and its "
+        raise ValueError(f"no results records under {', '.join(FLAGS.results)} (searched "
                          f"subfolders for *.json files whose object has 'schema' and 'kind').")
     if FLAGS.update:
         for name in FLAGS.update:
@@ -243,7 +243,7 @@ def _tables() -> None:
     table, hint = tables.overview(
         records, fmt=FLAGS.format, source="bench" if FLAGS.kind == "bench" else FLAGS.source,
         method=FLAGS.method, dataset=FLAGS.dataset, metric_names=FLAGS.metrics,
-        everything=FLAGS.all, where=FLAGS.results)
+        everything=FLAGS.all, where=", ".join(FLAGS.results))
     print(table)
     if hint:
         print(f"adjax tables: {hint}", file=sys.stderr)
@@ -306,8 +306,9 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("peer", None, "Also time a peer implementation: anomalib.")
         return _bench
     if command == "tables":
-        flags.DEFINE_string("results", "results", "Folder of results records or of work "
-                            "directories, searched recursively (non-record JSON is skipped).")
+        flags.DEFINE_multi_string("results", ["results"], "Folder of results records or of "
+                                  "work directories, searched recursively (non-record JSON is "
+                                  "skipped); repeat the flag to read several.")
         flags.DEFINE_enum("format", "md", ["md", "latex", "csv"], "Output format.")
         flags.DEFINE_enum("source", "adjax", ["adjax", "paper", "all"],
                           "adjax runs, published numbers, or both side by side.")

@@ -75,13 +75,7 @@ if ((bench)); then
 fi
 run adjax tables --results="$results" --source=adjax
 if [[ -d $paper ]]; then
-  # `adjax tables` reads one folder: a hidden view (skipped when RUNS is read) holds both.
-  view=$runs/.tables
-  run rm -rf "$view"
-  run mkdir -p "$view"
-  run cp -R "$results" "$view/runs"
-  run cp -R "$paper" "$view/published"
-  run adjax tables --results="$view" --source=all
+  run adjax tables --results="$results" --results="$paper" --source=all
 else
   echo "matrix.sh: no published records at $paper; the table above has the runs only." >&2
 fi
