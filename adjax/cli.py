@@ -225,8 +225,9 @@ def _tables() -> None:
 
     records = [r for folder in FLAGS.results for r in results.read_all(folder)]
     if not records:
-        raise ValueError(f"no results records under {', '.join(FLAGS.results)} (searched "
-                         f"subfolders for *.json files whose object has 'schema' and 'kind').")
+        raise ValueError(f"no results records under {', '.join(FLAGS.results)} (searched it "
+                         f"and its subfolders for *.json files whose object has 'schema' and "
+                         f"'kind').")
     if FLAGS.update:
         for name in FLAGS.update:
             text = files.read_text(name, what="Markdown file")
