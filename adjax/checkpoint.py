@@ -10,13 +10,16 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from adjax import files
+
 
 class Checkpoints:
     """Save and restore a train state (any pytree of arrays) by step."""
 
     def __init__(self, directory: str | pathlib.Path, keep: int = 3):
+        directory = files.path(directory)
         self._manager = ocp.CheckpointManager(
-            pathlib.Path(directory).absolute(),
+            directory if files.is_remote(directory) else directory.absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 

@@ -161,7 +161,7 @@ def _data_overrides() -> dict[str, str]:
 
 
 def _eval() -> None:
-    from adjax import evaluate, tables
+    from adjax import evaluate, files, tables
 
     record, path = evaluate.evaluate(FLAGS.workdir, FLAGS.results_dir, FLAGS.fpr_limit,
                                      FLAGS.save_images, data=_data_overrides(), log=_say)
@@ -172,7 +172,7 @@ def _eval() -> None:
         print(f"  not computed: {', '.join(missing)} ({'; '.join(reasons)})")
     print(f"adjax: wrote {path}")
     if FLAGS.save_images:
-        print(f"adjax: pictures in {pathlib.Path(FLAGS.workdir) / 'images'}")
+        print(f"adjax: pictures in {files.path(FLAGS.workdir) / 'images'}")
 
 
 def _predict() -> None:

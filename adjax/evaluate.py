@@ -29,7 +29,7 @@ class EvaluationError(RuntimeError):
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The config a run was trained with (`<workdir>/config.json`)."""
-    path = pathlib.Path(workdir) / "config.json"
+    path = files.path(workdir) / "config.json"
     if not path.is_file():
         raise EvaluationError(f"{path} does not exist: is {workdir} an adjax work directory?")
     try:
@@ -41,7 +41,7 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 def restore(workdir: str | pathlib.Path, method: methods.Method,
             config: ml_collections.ConfigDict) -> Any:
     """The final, calibrated state of a finished training run."""
-    checkpoints = Checkpoints(pathlib.Path(workdir) / "checkpoints", config.train.keep_checkpoints)
+    checkpoints = Checkpoints(files.path(workdir) / "checkpoints", config.train.keep_checkpoints)
     try:
         step = checkpoints.latest_step()
         if step != config.train.steps:
@@ -103,7 +103,7 @@ def training_time(workdir: pathlib.Path) -> dict[str, float]:
 
 def load_run(workdir: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, Any, Any]:
     """(config, method, final state) of a finished training run in `workdir`."""
-    workdir = pathlib.Path(workdir)
+    workdir = files.path(workdir)
     config = load_config(workdir)
     try:
         method = methods.build(config)
@@ -143,7 +143,7 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     curves and overlays of the worst and best test images are drawn as PNG into
     `<workdir>/images` (emptied of earlier PNGs first).
     """
-    workdir = pathlib.Path(workdir)
+    workdir = files.path(workdir)
     config, method, state = load_run(workdir)
     fpr_limit = config.eval.fpr_limit if fpr_limit is None else fpr_limit
     if not 0.0 < fpr_limit <= 1.0:
@@ -178,7 +178,8 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
         dataset=datasets.dataset_name(test_data), category=test_data.category or "",
         image_size=config.data.image_size, metrics=numbers, config=config.to_dict(),
         notes=notes,
-        run={"workdir": str(workdir.absolute()), "counts": computed["counts"],
+        run={"workdir": str(workdir if files.is_remote(workdir) else workdir.absolute()),
+             "counts": computed["counts"],
              "params": info.get("params", {}), "test_images": len(test),
              "val_images": len(val), "steps": config.train.steps})
     path = results.write(record, results_dir or workdir / "results")

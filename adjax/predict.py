@@ -43,7 +43,7 @@ def predict(workdir: str | pathlib.Path, images: str, out: str | pathlib.Path | 
             log: Callable[[str], None] | None = None) -> pathlib.Path:
     """Scores `images` (a folder or a glob pattern) with the finished run in `workdir`; writes
     the maps and `scores.csv` into `out` (default `<workdir>/predictions`) and returns it."""
-    workdir = pathlib.Path(workdir)
+    workdir = files.path(workdir)
     config, method, state = evaluate.load_run(workdir)
     paths = image_paths(images)
     out = files.ensure_folder(out or workdir / "predictions", "predictions folder")

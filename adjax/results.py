@@ -222,7 +222,7 @@ def filename(record: dict[str, Any]) -> str:
 def write(record: dict[str, Any], directory: str | os.PathLike) -> pathlib.Path:
     """Validates `record` and writes it atomically into `directory`; returns its path."""
     validate(record)
-    path = pathlib.Path(directory) / filename(record)
+    path = files.path(directory) / filename(record)
     return files.write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
 
 
@@ -240,7 +240,7 @@ def _load_json(path: pathlib.Path) -> Any:
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and validates one record; errors name the file."""
-    path = pathlib.Path(path)
+    path = files.path(path)
     record = _load_json(path)
     validate(record, where=f"results file {path}")
     return record
@@ -255,14 +255,14 @@ def read_all(directory: str | os.PathLike) -> list[dict[str, Any]]:
     checkpoint metadata) is skipped. Hidden files and folders are skipped; a `*.json` file that
     is not UTF-8 JSON, a missing folder or a bad record raises a RecordError naming it.
     """
-    root = pathlib.Path(directory)
+    root = files.path(directory)
     if not root.is_dir():
         raise RecordError(f"the results folder {root} "
                           + ("is a file, not a folder." if root.exists() else "does not exist."))
     out = []
-    for path in sorted(root.rglob("*.json")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts) \
-                or not path.is_file():
+    for path in files.files_under(root, ".json"):
+        inside = str(path)[len(str(root)):].strip("/").split("/")
+        if any(part.startswith(".") for part in inside):
             continue
         obj = _load_json(path)
         if is_record(obj):

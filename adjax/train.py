@@ -82,9 +82,14 @@ def check_resume(saved: Mapping[str, Any], config: ml_collections.ConfigDict, wo
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+def workdir_lock(workdir: pathlib.Path, log: Callable[[str], None] = print) -> Iterator[None]:
     """Holds an exclusive lock on the `workdir` folder itself (no lock file is left behind); a
-    second trainer there stops at once."""
+    second trainer there stops at once. A bucket cannot be locked: there, one trainer per work
+    directory is the user's to keep."""
+    if files.is_remote(workdir):
+        log(f"adjax: note: {workdir} is a bucket, which cannot be locked; run one trainer there")
+        yield
+        return
     fd = os.open(workdir, os.O_RDONLY)
     try:
         try:
@@ -163,7 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     config_lib.validate(config)
     method = methods.build(config)
     workdir = files.ensure_folder(workdir, "work directory")
-    with workdir_lock(workdir):
+    with workdir_lock(workdir, log):
         checkpoints = Checkpoints(workdir / "checkpoints", config.train.keep_checkpoints)
         try:
             return _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock)
@@ -207,10 +212,10 @@ def _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock):
         log(f"adjax: resuming {config.method}:{config.get('variant', '')} from the checkpoint "
             f"at step {start} in {workdir}; {where}")
     _parameters(method, state, workdir, log)
-    _truncate_metrics(workdir / "metrics.jsonl", start or 0)
+    metrics_log = MetricsLog(workdir / "metrics.jsonl", start or 0)
     if start != tcfg.steps:  # else: a finished run, already calibrated
         state = _run(method, config, state, pools, k_train, mesh, checkpoints, workdir,
-                     on_chunk, Progress(config, start or 0, log, clock))
+                     metrics_log, on_chunk, Progress(config, start or 0, log, clock))
         val = {"image": runtime.put_global(val_split.images, replicated)}
         state = method.calibrate(state, val)
         checkpoints.save(tcfg.steps, state)
@@ -225,14 +230,24 @@ def _parameters(method, state, workdir: pathlib.Path, log) -> None:
         + f" (table: {workdir / 'parameters.txt'})")
 
 
-def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-    """Drops the lines of steps after `step` (redone after a resume) from `metrics.jsonl`."""
-    if not path.is_file():
-        return
-    lines = files.read_text(path, "metrics file").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        files.write_text(path, "".join(line + "\n" for line in kept))
+class MetricsLog:
+    """`metrics.jsonl`: one JSON line per compiled call. The lines of steps after `step` (redone
+    after a resume) are dropped when it is opened; the file is rewritten whole (atomically) at
+    each line, which also works in a bucket, where objects cannot be appended to."""
+
+    def __init__(self, path, step: int):
+        self.path = path
+        lines = files.read_text(path, "metrics file").splitlines() if path.exists() else []
+        self.lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(self.lines) != len(lines):
+            self._write()
+
+    def append(self, entry: dict[str, Any]) -> None:
+        self.lines.append(json.dumps(entry))
+        self._write()
+
+    def _write(self) -> None:
+        files.write_text(self.path, "".join(line + "\n" for line in self.lines))
 
 
 def _first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
@@ -244,41 +259,40 @@ def _first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
     return None
 
 
-def _run(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk, progress):
+def _run(method, config, state, pools, key, mesh, checkpoints, workdir, metrics_log, on_chunk,
+         progress):
     tcfg = config.train
     batch_sharding = NamedSharding(mesh, P("data"))
     chunks: dict[int, Callable] = {}
     step = int(state.step)
-    with open(workdir / "metrics.jsonl", "a") as metrics_file:
-        while step < tcfg.steps:
-            length = min(tcfg.steps_per_call, tcfg.steps - step)
-            if length not in chunks:  # a shorter last chunk compiles once more
-                chunks[length] = runtime.make_chunk(method, config, batch_sharding, length)
-            first = step
-            state, history = chunks[length](
-                state, pools, key,
-                on_step=lambda s, m: progress.update(s, lambda: float(m["loss"])))
-            history = {k: np.asarray(v, np.float64) for k, v in history.items()}
-            step += length
-            bad = _first_bad(history)
-            if bad is not None:
-                i, name, value = bad
-                last = checkpoints.latest_step()
-                raise TrainingError(
-                    f"{name} became {value} at step {first + i + 1} (the first such step); "
-                    + (f"the last good checkpoint is at step {last} in {workdir}."
-                       if last is not None else "no checkpoint had been written yet."))
-            means = {k: float(v.mean()) for k, v in history.items()}
-            now = progress.clock()
-            metrics_file.write(json.dumps({"step": step, "steps": length, **means,
-                                           "steps_per_s": progress.rate(step, now),
-                                           "elapsed_s": now - progress.began}) + "\n")
-            metrics_file.flush()
-            if not chunks[length].per_step:
-                progress.update(step, lambda m=means: m["loss"])
-            if step < tcfg.steps and step // tcfg.checkpoint_every > first // \
-                    tcfg.checkpoint_every:
-                checkpoints.save(step, state)
-            if on_chunk is not None:
-                on_chunk(step, means)
+    while step < tcfg.steps:
+        length = min(tcfg.steps_per_call, tcfg.steps - step)
+        if length not in chunks:  # a shorter last chunk compiles once more
+            chunks[length] = runtime.make_chunk(method, config, batch_sharding, length)
+        first = step
+        state, history = chunks[length](
+            state, pools, key,
+            on_step=lambda s, m: progress.update(s, lambda: float(m["loss"])))
+        history = {k: np.asarray(v, np.float64) for k, v in history.items()}
+        step += length
+        bad = _first_bad(history)
+        if bad is not None:
+            i, name, value = bad
+            last = checkpoints.latest_step()
+            raise TrainingError(
+                f"{name} became {value} at step {first + i + 1} (the first such step); "
+                + (f"the last good checkpoint is at step {last} in {workdir}."
+                   if last is not None else "no checkpoint had been written yet."))
+        means = {k: float(v.mean()) for k, v in history.items()}
+        now = progress.clock()
+        metrics_log.append({"step": step, "steps": length, **means,
+                            "steps_per_s": progress.rate(step, now),
+                            "elapsed_s": now - progress.began})
+        if not chunks[length].per_step:
+            progress.update(step, lambda m=means: m["loss"])
+        if step < tcfg.steps and step // tcfg.checkpoint_every > first // \
+                tcfg.checkpoint_every:
+            checkpoints.save(step, state)
+        if on_chunk is not None:
+            on_chunk(step, means)
     return state

@@ -42,3 +42,28 @@ def test_errors_are_one_sentence(tmp_path):
         files.read_text(tmp_path / "latin1.json", "results file")
     with pytest.raises(ValueError, match="cannot be read"):
         files.read_text(tmp_path / "missing.json")
+
+
+def test_bucket_paths_go_through_epath(tmp_path, monkeypatch):
+    # etils' mock backend stores gs:// objects as local files under the working folder.
+    from etils.epath import testing
+
+    from adjax import results
+    from adjax.train import MetricsLog
+
+    monkeypatch.chdir(tmp_path)
+    record = results.make_record("eval", method="m", variant="v", dataset="d", category="c",
+                                 image_size=8, metrics={"image_auroc": 0.75}, config={},
+                                 env={})
+    with testing.mock_epath():
+        assert files.is_remote("gs://bucket/runs") and not files.is_remote("runs/gs")
+        written = results.write(record, "gs://bucket/runs/a/results")
+        assert str(written).startswith("gs://bucket/runs/a/results/eval-m-v-d-c-")
+        files.write_text("gs://bucket/runs/b/config.json", "{}")  # not a record: skipped
+        assert [r["metrics"] for r in results.read_all("gs://bucket/runs")] == [
+            {"image_auroc": 0.75}]
+        log = MetricsLog(files.path("gs://bucket/runs/a/metrics.jsonl"), 0)
+        log.append({"step": 2, "loss": 1.0})
+        log.append({"step": 4, "loss": 0.5})
+        assert MetricsLog(files.path("gs://bucket/runs/a/metrics.jsonl"), 2).lines == [
+            '{"step": 2, "loss": 1.0}']
