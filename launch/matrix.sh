@@ -53,15 +53,8 @@ else
 fi
 ((dry)) || command -v adjax > /dev/null || die "adjax is not on PATH (activate the environment it is installed in)."
 
-run() {  # Runs one command, or prints it with DRY_RUN (quoted where the shell needs it).
-  ((dry)) || { "$@"; return; }
-  local arg line="" plain='^[-A-Za-z0-9_./:=,@%+]+$'
-  for arg; do
-    [[ $arg =~ $plain ]] || arg="'${arg//\'/\'\\\'\'}'"
-    line+=" $arg"
-  done
-  echo "${line# }"
-}
+# shellcheck source=launch/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/run.sh"
 for category in "${categories[@]}"; do
   workdir=$runs/$category
   run adjax train --config="$config" --workdir="$workdir" --config.data.root="$root" \

@@ -33,15 +33,8 @@ case $step in
 esac
 ((dry)) || command -v gcloud > /dev/null || die "gcloud is not on PATH (install the Google Cloud CLI)."
 
-run() {  # Runs one command, or prints it with DRY_RUN (quoted where the shell needs it).
-  ((dry)) || { "$@"; return; }
-  local arg line="" plain='^[-A-Za-z0-9_./:=,@%+]+$'
-  for arg; do
-    [[ $arg =~ $plain ]] || arg="'${arg//\'/\'\\\'\'}'"
-    line+=" $arg"
-  done
-  echo "${line# }"
-}
+# shellcheck source=launch/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/run.sh"
 on_workers() { run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker="$worker" --command="$1"; }
 in_checkout='export PATH=$HOME/.local/bin:$PATH && cd ~/adjax && '
 case $step in
