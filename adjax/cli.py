@@ -146,7 +146,12 @@ def _train() -> None:
 
     if FLAGS.distributed:
         jax.distributed.initialize()
-    train.train(FLAGS.config, FLAGS.workdir)
+    if FLAGS.runs:
+        from adjax import matrix
+
+        matrix.train_matrix(FLAGS.config, FLAGS.workdir, FLAGS.runs, log=_say)
+    else:
+        train.train(FLAGS.config, FLAGS.workdir)
     workdir = FLAGS.workdir
     if FLAGS.config.data.layout == "folder":
         print(f"adjax: training finished; score images with `adjax predict --workdir={workdir} "
@@ -161,18 +166,22 @@ def _data_overrides() -> dict[str, str]:
 
 
 def _eval() -> None:
-    from adjax import evaluate, files, tables
+    from adjax import evaluate, files, matrix, tables
 
-    record, path = evaluate.evaluate(FLAGS.workdir, FLAGS.results_dir, FLAGS.fpr_limit,
-                                     FLAGS.save_images, data=_data_overrides(), log=_say)
-    print(tables.render([record], metric_names=tables.DEFAULT_METRICS))
-    missing = record["notes"]["missing"]
+    workdirs = matrix.read_matrix(FLAGS.workdir) or [files.path(FLAGS.workdir)]
+    records = []
+    for workdir in workdirs:
+        record, path = evaluate.evaluate(workdir, FLAGS.results_dir, FLAGS.fpr_limit,
+                                         FLAGS.save_images, data=_data_overrides(), log=_say)
+        records.append(record)
+        print(f"adjax: wrote {path}")
+        if FLAGS.save_images:
+            print(f"adjax: pictures in {workdir / 'images'}")
+    print(tables.render(records, metric_names=tables.DEFAULT_METRICS))
+    missing = records[0]["notes"]["missing"]
     if missing:
         reasons = sorted(set(missing.values()))
         print(f"  not computed: {', '.join(missing)} ({'; '.join(reasons)})")
-    print(f"adjax: wrote {path}")
-    if FLAGS.save_images:
-        print(f"adjax: pictures in {files.path(FLAGS.workdir) / 'images'}")
 
 
 def _predict() -> None:
@@ -270,6 +279,9 @@ def _define(command: str) -> Callable[[], None]:
                             required=True)
         flags.DEFINE_bool("distributed", False,
                           "Call jax.distributed.initialize() first (several hosts).")
+        flags.DEFINE_string("runs", None, "Train a matrix in one program: categories=a,b|all "
+                            "and/or seeds=0-4 (or 0,1,2); one work directory per run under "
+                            "--workdir.")
         return _train
     if command == "config":
         _define_config()

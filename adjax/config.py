@@ -59,11 +59,13 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     Keys: steps, batch_size, steps_per_call (steps per compiled call), loop (how a call runs its
     steps: "scan" (one compiled `lax.scan`), "host" (a Python loop over one compiled step) or
     "auto": host on CPU, scan elsewhere), checkpoint_every, keep_checkpoints, log_every (steps
-    between progress lines) and log_seconds (at most this long between them).
+    between progress lines), log_seconds (at most this long between them) and runs_per_program
+    (the runs of a matrix, `adjax train --runs=...`, that share one compiled program; 0: as many
+    as fit in memory).
     """
     cfg = ml_collections.ConfigDict(
         dict(steps=1000, batch_size=8, steps_per_call=50, loop="auto", checkpoint_every=1000,
-             keep_checkpoints=3, log_every=500, log_seconds=30.0)
+             keep_checkpoints=3, log_every=500, log_seconds=30.0, runs_per_program=0)
     )
     cfg.update(overrides)
     return cfg
@@ -140,6 +142,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "log_every"):
         _number(t, "train", key, integer=True, low=1)
     _number(t, "train", "log_seconds", integer=False, low=0, low_open=True)
+    _number(t, "train", "runs_per_program", integer=True, low=0)
     _choice(t, "train", "loop", LOOPS)
     e = config.eval
     _number(e, "eval", "batch_size", integer=True, low=1)

@@ -62,27 +62,51 @@ def resolve_loop(loop: str, platform: str) -> str:
     return loop
 
 
-def epoch_indices(key: jax.Array, step: jax.Array, batch: int, n: int) -> jax.Array:
+def epoch_indices(key: jax.Array, step: jax.Array, batch: int, n: jax.Array | int,
+                  size: int | None = None) -> jax.Array:
     """The pool indices of the batch at `step`: positions `step * batch + i` of an endless
-    sequence of permutations of `range(n)`, one permutation per epoch, drawn from `key`."""
+    sequence of permutations of `range(n)`, one permutation per epoch, drawn from `key`.
+
+    `n` may be traced when the pool is padded to `size` rows (runs of a matrix). Image i's place
+    in an epoch is the rank of a uniform draw keyed by (key, epoch, i) alone, so the order of
+    the first n images does not depend on the padding: a run in a matrix draws the batches it
+    draws alone.
+    """
+    size = n if size is None else size
     pos = step * batch + jnp.arange(batch)
     epoch, within = pos // n, pos % n
+    rows = jnp.arange(size)
 
     def index(e, w):
-        return jax.random.permutation(jax.random.fold_in(key, e), n)[w]
+        k = jax.random.fold_in(key, e)
+        u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k, i)))(rows)
+        return jnp.argsort(jnp.where(rows < n, u, jnp.inf), stable=True)[w]
 
     return jax.vmap(index)(epoch, within)
 
 
-def make_chunk(method: Any, config: Any, batch_sharding: NamedSharding,
-               length: int) -> Callable:
+def _sample(pool: dict[str, jax.Array], key: jax.Array, step: jax.Array,
+            batch: int) -> dict[str, jax.Array]:
+    """A batch of a pool's aligned arrays; a pool padded for a matrix run carries its true
+    size as "length"."""
+    arrays = {name: a for name, a in pool.items() if name != "length"}
+    size = jax.tree.leaves(arrays)[0].shape[0]
+    indices = epoch_indices(key, step, batch, pool.get("length", size), size)
+    return {name: array[indices] for name, array in arrays.items()}
+
+
+def make_chunk(method: Any, config: Any, batch_sharding: NamedSharding | None,
+               length: int, runs: int = 0) -> Callable:
     """The function that runs `length` steps: (state, pools, key, on_step=None) -> (state,
     metrics), the metrics of every step stacked ([length] per name).
 
-    Each step's batch holds `batch_size` samples of every pool. `chunk.compiled` is the jitted
-    function XLA compiles (the scanned chunk, or the one step of the host loop), for compile-time
-    measurements; `chunk.per_step` says whether `on_step(step, metrics)` is called after each
-    step (the host loop) or never (one compiled scan).
+    Each step's batch holds `batch_size` samples of every pool. With `runs > 0` the state, the
+    "train" pool (padded, with its "length") and the key carry a leading run axis and the step
+    is vmapped over it (a benchmark matrix in one program; metrics [length, runs]); the batch is
+    then not sharded (`batch_sharding` None: the run axis is). `chunk.compiled` is the jitted
+    function XLA compiles (the scanned chunk, or the one step of the host loop), for
+    compile-time measurements; `chunk.per_step` says whether `on_step(step, metrics)` is called
+    after each step (the host loop) or never (one compiled scan).
     """
     batch_size = config.train.batch_size
 
@@ -92,20 +116,27 @@ def make_chunk(method: Any, config: Any, batch_sharding: NamedSharding,
         k_data, k_step = jax.random.split(key)
         batch = {}
         for i, (_, pool) in enumerate(sorted(pools.items())):
-            n = jax.tree.leaves(pool)[0].shape[0]
-            indices = epoch_indices(jax.random.fold_in(k_data, i), state.step, batch_size, n)
-            batch |= {name: array[indices] for name, array in pool.items()}
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            batch |= _sample(pool, jax.random.fold_in(k_data, i), state.step, batch_size)
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         state, metrics = method.train_step(state, batch, jax.random.fold_in(k_step, state.step))
         return state.replace(step=state.step + 1), metrics
 
-    platform = batch_sharding.mesh.devices.flat[0].platform
+    if runs:
+        single = one_step
+
+        def one_step(state, pools, key):
+            axes = {name: 0 if name == "train" else None for name in pools}
+            return jax.vmap(single, in_axes=(0, axes, 0))(state, pools, key)
+
+    platform = jax.devices()[0].platform if batch_sharding is None else \
+        batch_sharding.mesh.devices.flat[0].platform
     if resolve_loop(config.train.get("loop", "auto"), platform) == "host":
         step = jax.jit(one_step, donate_argnums=0)
 
         def host_loop(state, pools, key, on_step=None):
             history = []
-            first = int(state.step)
+            first = int(jnp.ravel(state.step)[0])
             for i in range(length):
                 state, metrics = step(state, pools, key)
                 history.append(metrics)

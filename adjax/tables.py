@@ -22,6 +22,7 @@ import difflib
 import io
 import math
 import re
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -49,10 +50,38 @@ METRIC_NOTES = {
 }
 
 
+class Spread(float):
+    """A mean over the seeds of a matrix that keeps their sample standard deviation (ddof 1)
+    and count; it prints as "mean ± std"."""
+
+    std: float
+    count: int
+
+    def __new__(cls, values: Sequence[float]) -> "Spread":
+        obj = super().__new__(cls, sum(values) / len(values))
+        obj.std = statistics.stdev(values) if len(values) > 1 else 0.0
+        obj.count = len(values)
+        return obj
+
+
+def _combine(values: Sequence[Any]) -> Any:
+    """One value of several seeds: their `Spread`, or None if any is missing."""
+    if any(v is None for v in values):
+        return None
+    return values[0] if len(values) == 1 else Spread([float(v) for v in values])
+
+
 def format_metric(name: str, value: Any) -> str:
-    """A fraction in percent with one decimal, another number as it is, None as "–"."""
+    """A fraction in percent with one decimal, another number as it is, None as "–"; a
+    `Spread` of several seeds as "mean ± std"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
+    if isinstance(value, Spread) and value.count > 1:
+        return f"{_plain(name, float(value))} ± {_plain(name, value.std)}"
+    return _plain(name, value)
+
+
+def _plain(name: str, value: Any) -> str:
     if is_fraction(name):
         return f"{100 * value:.1f}"
     if float(value).is_integer() and abs(value) >= 1000:
@@ -125,6 +154,8 @@ class _Series:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, tuple[str, str]] = field(default_factory=dict)  # category -> (steps, day)
     printed_mean: dict[str, Any] | None = None
+    # category -> seed -> metrics of the newest record of that seed (adjax runs)
+    by_seed: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
 
     def categories(self) -> list[str]:
         return sorted(self.rows, key=_natural)
@@ -137,11 +168,16 @@ class _Series:
         if len(self.rows) < 2:
             return None
         names = {m for metrics in self.rows.values() for m in metrics}
-        out = {}
-        for m in names:
-            vals = [metrics.get(m) for metrics in self.rows.values()]
-            out[m] = None if None in vals else sum(vals) / len(vals)
-        return out
+        seeds = {frozenset(runs) for runs in self.by_seed.values()}
+        if len(seeds) == 1 and len(next(iter(seeds))) > 1:
+            # The same seeds in every category: the spread of the seeds' means.
+            per_seed = {seed: [self.by_seed[c][seed] for c in self.rows] for seed in
+                        sorted(next(iter(seeds)), key=str)}
+            return {m: _combine([_mean([r.get(m) for r in rows])
+                                 for rows in per_seed.values()]) for m in names}
+        return {m: _mean([float(v) if v is not None else None
+                          for v in (metrics.get(m) for metrics in self.rows.values())])
+                for m in names}
 
     def labelled_rows(self) -> list[tuple[str, dict[str, Any] | None]]:
         rows: list[tuple[str, dict[str, Any] | None]] = [
@@ -158,6 +194,10 @@ class _Series:
             return list(self.runs.get(category, (MISSING, MISSING)))
         return [next(iter(values)) if len(values) == 1 else MIXED
                 for values in map(set, zip(*self.runs.values(), strict=True))] or [MISSING] * 2
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if None in values else sum(values) / len(values)
 
 
 def _natural(text: str) -> tuple:
@@ -184,7 +224,8 @@ def _day(record: dict[str, Any]) -> str:
 
 
 def _series(records: Iterable[dict[str, Any]], paper: bool) -> list[_Series]:
-    """Groups records; of two records for the same cell the newer one (by `created`) wins."""
+    """Groups records; of two records for the same cell and seed the newer one (by `created`)
+    wins, and a cell with runs of several seeds (a matrix) shows their mean ± std."""
     out: dict[tuple[str, ...], _Series] = {}
     for r in sorted(records, key=lambda r: r["created"]):
         published = _publication(r) if paper else ""
@@ -193,8 +234,13 @@ def _series(records: Iterable[dict[str, Any]], paper: bool) -> list[_Series]:
         if r["category"] == MEAN:
             s.printed_mean = dict(r["metrics"])
         else:
-            s.rows[r["category"]] = dict(r["metrics"])
+            s.by_seed.setdefault(r["category"], {})[r["config"].get("seed")] = r["metrics"]
             s.runs[r["category"]] = (_steps(r), _day(r))
+    for s in out.values():
+        for category, seeds in s.by_seed.items():
+            names = {m for metrics in seeds.values() for m in metrics}
+            s.rows[category] = {m: _combine([metrics.get(m) for metrics in seeds.values()])
+                                for m in names}
     return [out[k] for k in sorted(out, key=lambda k: tuple(_natural(x) for x in k))]
 
 

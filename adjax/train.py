@@ -10,6 +10,7 @@ ends; a config that differs in anything but the keys in `RESUMABLE` is refused.
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -34,8 +35,8 @@ from adjax.methods.base import parameter_table
 # Keys a resumed run may change: they cannot alter the steps already taken (`train.steps` may
 # only grow past the last checkpoint; what the evaluator reads is not used in training).
 RESUMABLE = ("train.steps", "train.steps_per_call", "train.loop", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.log_every", "train.log_seconds", "data.cache_dir",
-             "eval.")
+             "train.keep_checkpoints", "train.log_every", "train.log_seconds",
+             "train.runs_per_program", "data.cache_dir", "eval.")
 # On a CPU, a schedule longer than this is one meant for an accelerator.
 _CPU_SIZED_STEPS = 5_000
 
@@ -153,6 +154,77 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+@dataclasses.dataclass
+class OpenRun:
+    """A run's work directory opened for training: checked against its checkpoints, its splits
+    decoded and its test split checked, its config written."""
+
+    config: ml_collections.ConfigDict
+    workdir: Any
+    checkpoints: Checkpoints
+    start: int | None  # the step of the last checkpoint; None for a new run
+    train_split: Any
+    val_split: Any
+    n_test: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.method}:{self.config.get('variant', '')}"
+
+    def where(self, devices: str) -> str:
+        return (f"{len(self.train_split)} images ({len(self.val_split)} held out for "
+                f"calibration, {self.n_test} to test), {devices}")
+
+
+def open_run(config: ml_collections.ConfigDict, workdir, log) -> OpenRun:
+    """Opens `workdir` (an existing folder, locked by the caller) for `config`; the caller
+    closes `run.checkpoints`."""
+    checkpoints = Checkpoints(workdir / "checkpoints", config.train.keep_checkpoints)
+    try:
+        start = checkpoints.latest_step()
+        saved_path = workdir / "config.json"
+        if start is not None:
+            saved = json.loads(files.read_text(saved_path, "config file")) \
+                if saved_path.is_file() else {}
+            check_resume(saved, config, workdir, start)
+        train_split, val_split = datasets.train_and_validation(config.data, config.seed,
+                                                               log=log)
+        n_test = datasets.check_test(config.data, log=log)
+        files.write_json(saved_path, json.loads(config.to_json_best_effort()))
+    except BaseException:
+        checkpoints.close()
+        raise
+    return OpenRun(config, workdir, checkpoints, start, train_split, val_split, n_test)
+
+
+def first_state(method, run: OpenRun, train_pool, sharding, log, devices: str) -> Any:
+    """The run's state at its start: initialised (with its pretrained weights), or restored
+    from its last checkpoint, on `sharding`."""
+    k_init = jax.random.split(jax.random.key(run.config.seed))[0]
+    if run.start is None:
+        log(f"adjax: initialising {run.name} on {run.where(devices)}")
+        return jax.device_put(method.init(k_init, train_pool, method.pretrained()), sharding)
+    like = jax.eval_shape(method.init, k_init, train_pool)
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                        like)
+    log(f"adjax: resuming {run.name} from the checkpoint at step {run.start} in {run.workdir}; "
+        f"{run.where(devices)}")
+    return run.checkpoints.restore(run.start, like)
+
+
+def train_key(config: ml_collections.ConfigDict) -> jax.Array:
+    """The run's training PRNG stream (the other half of its seed's split feeds `init`)."""
+    return jax.random.split(jax.random.key(config.seed))[1]
+
+
+def note_cpu_schedule(config: ml_collections.ConfigDict, platform: str, log) -> None:
+    """Says so when a schedule sized for an accelerator is about to run on a CPU."""
+    if platform == "cpu" and config.train.steps > _CPU_SIZED_STEPS:
+        log(f"adjax: note: {config.train.steps:,} steps is a schedule sized for a GPU or TPU; "
+            f"on this CPU it can take hours (the ETA follows the first steps). The `quick` "
+            f"variant of each config is sized for a CPU.")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           devices: Sequence[jax.Device] | None = None,
           on_chunk: Callable[[int, dict[str, float]], None] | None = None,
@@ -169,60 +241,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     method = methods.build(config)
     workdir = files.ensure_folder(workdir, "work directory")
     with workdir_lock(workdir, log):
-        checkpoints = Checkpoints(workdir / "checkpoints", config.train.keep_checkpoints)
+        run = open_run(config, workdir, log)
         try:
-            return _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock)
+            return _train(method, run, devices, on_chunk, log, clock)
         finally:
-            checkpoints.close()
+            run.checkpoints.close()
 
 
-def _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock):
-    tcfg = config.train
-    start = checkpoints.latest_step()
-    saved_path = workdir / "config.json"
-    if start is not None:
-        saved = json.loads(files.read_text(saved_path, "config file")) \
-            if saved_path.is_file() else {}
-        check_resume(saved, config, workdir, start)
-    train_split, val_split = datasets.train_and_validation(config.data, config.seed, log=log)
-    n_test = datasets.check_test(config.data, log=log)
-    files.write_json(saved_path, json.loads(config.to_json_best_effort()))
-
+def _train(method, run: OpenRun, devices, on_chunk, log, clock):
+    config, tcfg = run.config, run.config.train
     mesh = runtime.make_mesh(tcfg.batch_size, devices, log=log)
     replicated = NamedSharding(mesh, P())
     platform = mesh.devices.flat[0].platform
-    if platform == "cpu" and tcfg.steps > _CPU_SIZED_STEPS:
-        log(f"adjax: note: {tcfg.steps:,} steps is a schedule sized for a GPU or TPU; on this "
-            f"CPU it can take hours (the ETA follows the first steps). The `quick` variant of "
-            f"each config is sized for a CPU.")
-    pools = runtime.place_pools({"image": train_split.images, "label": train_split.labels},
+    note_cpu_schedule(config, platform, log)
+    pools = runtime.place_pools({"image": run.train_split.images,
+                                 "label": run.train_split.labels},
                                 method.extra_pools(), mesh)
-    k_init, k_train = jax.random.split(jax.random.key(config.seed))
-    where = (f"{len(train_split)} images ({len(val_split)} held out for calibration, {n_test} "
-             f"to test), {mesh.size} {platform} device(s)")
-    if start is None:
-        log(f"adjax: initialising {config.method}:{config.get('variant', '')} on {where}")
-        state = jax.device_put(method.init(k_init, pools["train"], method.pretrained()),
-                               replicated)
-    else:
-        like = jax.eval_shape(method.init, k_init, pools["train"])
-        like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                            sharding=replicated), like)
-        state = checkpoints.restore(start, like)
-        log(f"adjax: resuming {config.method}:{config.get('variant', '')} from the checkpoint "
-            f"at step {start} in {workdir}; {where}")
-    _parameters(method, state, workdir, log)
-    metrics_log = MetricsLog(workdir / "metrics.jsonl", start or 0)
-    if start != tcfg.steps:  # else: a finished run, already calibrated
-        state = _run(method, config, state, pools, k_train, mesh, checkpoints, workdir,
-                     metrics_log, on_chunk, Progress(config, start or 0, log, clock))
-        val = {"image": runtime.put_global(val_split.images, replicated)}
+    state = first_state(method, run, pools["train"], replicated, log,
+                        f"{mesh.size} {platform} device(s)")
+    save_parameters(method, state, run.workdir, log)
+    metrics_log = MetricsLog(run.workdir / "metrics.jsonl", run.start or 0)
+    if run.start != tcfg.steps:  # else: a finished run, already calibrated
+        state = _run(method, config, state, pools, train_key(config), mesh, run.checkpoints,
+                     run.workdir, metrics_log, on_chunk,
+                     Progress(config, run.start or 0, log, clock))
+        val = {"image": runtime.put_global(run.val_split.images, replicated)}
         state = method.calibrate(state, val)
-        checkpoints.save(tcfg.steps, state)
+        run.checkpoints.save(tcfg.steps, state)
     return state
 
 
-def _parameters(method, state, workdir: pathlib.Path, log) -> None:
+def save_parameters(method, state, workdir: pathlib.Path, log) -> None:
     """Writes clu's parameter table to `parameters.txt` and logs the count per net."""
     files.write_text(workdir / "parameters.txt", parameter_table(state.params) + "\n")
     counts = method.describe(state)["params"]
@@ -250,7 +299,7 @@ class MetricsLog:
         files.write_text(self.path, "".join(line + "\n" for line in self.lines))
 
 
-def _first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
+def first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
     """(index, metric, value) of the first step with a non-finite metric, or None."""
     for i in range(len(next(iter(history.values())))):
         for name, values in history.items():
@@ -275,7 +324,7 @@ def _run(method, config, state, pools, key, mesh, checkpoints, workdir, metrics_
             on_step=lambda s, m: progress.update(s, lambda: float(m["loss"])))
         history = {k: np.asarray(v, np.float64) for k, v in history.items()}
         step += length
-        bad = _first_bad(history)
+        bad = first_bad(history)
         if bad is not None:
             i, name, value = bad
             last = checkpoints.latest_step()

@@ -522,3 +522,18 @@ def test_cli_tables_imports_neither_jax_nor_the_trainer(runs, args):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[]"
     assert ("there are no adjax eval records of method 'nosuch'" in proc.stderr) == bool(args)
+
+
+def test_seeds_of_a_matrix_show_their_mean_and_spread():
+    records = []
+    for seed, (tiles, disc) in enumerate([(0.90, 0.60), (0.94, 0.70), (0.92, 0.80)]):
+        for category, value in (("tiles", tiles), ("disc", disc)):
+            record = _eval(category, {"image_auroc": value})
+            record["config"] = {"seed": seed, "train": {"steps": 600}}
+            records.append(record)
+    rows = {row[3]: row[-1] for row in (line.strip("|").split(" | ") for line in
+            tables.render(records, metric_names=["image_auroc"]).splitlines()[2:])}
+    assert rows["tiles"].strip() == "92.0 ± 2.0"
+    assert rows["disc"].strip() == "70.0 ± 10.0"
+    # The mean row: the spread of the seeds' means over the categories (75, 82, 86).
+    assert rows["**mean**"].strip() == "81.0 ± 5.6"

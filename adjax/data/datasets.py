@@ -109,6 +109,17 @@ def check_test(cfg: ml_collections.ConfigDict, log: Log | None = None) -> int:
     return 0 if split is None else len(split)
 
 
+def categories(cfg: ml_collections.ConfigDict) -> list[str]:
+    """The category folders under the data set's root (sorted; hidden folders skipped)."""
+    if cfg.layout in ("labelled", "folder"):
+        raise DataError(f"the {cfg.layout!r} layout has no category folders; name the "
+                        f"categories of a matrix for a folder layout such as mvtec_ad.")
+    folder = root(cfg)
+    if not folder.is_dir():
+        raise DataError(f"data root folder {folder} does not exist")
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def dataset_name(cfg: ml_collections.ConfigDict) -> str:
     """The data set's name in results records: `config.data.name` if set; else "synth" for the
     embedded data set (or a copy written by `adjax data synth`), else the layout."""
