@@ -44,7 +44,8 @@ def _bash(script: str, *args: str, fake_bin: pathlib.Path | None = None,
           **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items()
             if k not in ("DRY_RUN", "BENCH", "BENCH_ARGS", "CATEGORIES", "CONFIG", "ROOT",
-                         "CATEGORY", "WORKDIR", "RESULTS", "WORKER")}
+                         "CATEGORY", "WORKDIR", "RESULTS", "WORKER", "SEEDS", "DEVICES",
+                         "MODE", "DEVICE_VAR")}
     if fake_bin is not None:
         base["PATH"] = f"{fake_bin}{os.pathsep}{base['PATH']}"
     return subprocess.run(["bash", f"launch/{script}", *args], cwd=ROOT, env={**base, **env},
@@ -180,3 +181,36 @@ def test_tpu_vm_dry_run(tmp_path, fake_bin):
         in save.stdout
     assert not (tmp_path / "called").exists()
     assert "gs://" in _error_line(_bash("tpu_vm.sh", "my-tpu", "zone-a", "data", "/local"))
+
+
+def test_matrix_keeps_every_device_busy_until_the_matrix_is_done(tmp_path, data_root):
+    # A fake adjax whose train takes a moment and records the device it was given and how
+    # many trainers run at once.
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    log = tmp_path / "log"
+    (folder / "adjax").write_text(
+        "#!/bin/bash\n"
+        f'if [[ $1 == train ]]; then mkdir "{tmp_path}/running.$$"; '
+        f'echo "start $CUDA_VISIBLE_DEVICES $(ls -d {tmp_path}/running.* | wc -l)" >> {log}; '
+        f'sleep 0.3; rmdir "{tmp_path}/running.$$"; fi\n')
+    (folder / "adjax").chmod(0o755)
+    env = {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+    proc = _bash("matrix.sh", CONFIG, str(data_root), str(tmp_path / "runs"), BENCH="0",
+                 SEEDS="0 1 2", DEVICES="0 1", **env)
+    assert proc.returncode == 0, proc.stderr
+    starts = [line.split() for line in log.read_text().splitlines()]
+    assert len(starts) == 6  # 2 categories x 3 seeds, each trained once
+    assert {device for _, device, _ in starts} == {"0", "1"}
+    assert max(int(n) for _, _, n in starts) == 2  # never more jobs than devices
+
+
+def test_matrix_in_one_program(tmp_path, data_root, fake_bin):
+    proc = _bash("matrix.sh", CONFIG, str(data_root), str(tmp_path / "runs"), "--dry-run",
+                 BENCH="0", SEEDS="0 1", MODE="program", fake_bin=fake_bin)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (f"adjax train --config={CONFIG} --workdir={tmp_path / 'runs'} "
+                        f"--config.data.root={data_root} --runs=categories=cat_a,cat_b,seeds=0,1")
+    assert lines[1] == (f"adjax eval --workdir={tmp_path / 'runs'} "
+                        f"--results_dir={tmp_path / 'runs' / 'results'}")
