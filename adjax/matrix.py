@@ -180,9 +180,11 @@ def train_matrix(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
     pairs = expand(config, spec)
     workdir = files.ensure_folder(workdir, "work directory")
     with workdir_lock(workdir, log):
-        files.write_json(workdir / MATRIX_FILE, {
-            "runs": [{"category": c, "seed": s, "workdir": run_name(c, s)} for c, s in pairs],
-            "config": json.loads(config.to_json_best_effort())})
+        if runtime.is_primary():
+            files.write_json(workdir / MATRIX_FILE, {
+                "runs": [{"category": c, "seed": s, "workdir": run_name(c, s)}
+                         for c, s in pairs],
+                "config": json.loads(config.to_json_best_effort())})
         runs: list[OpenRun] = []
         try:
             for category, seed in pairs:

@@ -23,6 +23,12 @@ from adjax.config import LOOPS
 Pools = dict[str, dict[str, jax.Array]]
 
 
+def is_primary() -> bool:
+    """Whether this process writes a run's files (process 0 of a multi-host program; the
+    others compute the same and write nothing, orbax's checkpoints aside)."""
+    return jax.process_index() == 0
+
+
 def make_mesh(batch_size: int, devices: Sequence[jax.Device] | None = None,
               log: Callable[[str], None] = print) -> jax.sharding.Mesh:
     """A 1-D `data` mesh over the most devices that divide the global batch evenly."""

@@ -87,6 +87,9 @@ def workdir_lock(workdir: pathlib.Path, log: Callable[[str], None] = print) -> I
     """Holds an exclusive lock on the `workdir` folder itself (no lock file is left behind); a
     second trainer there stops at once. A bucket cannot be locked: there, one trainer per work
     directory is the user's to keep."""
+    if not runtime.is_primary():  # process 0 of a multi-host program holds the lock
+        yield
+        return
     if files.is_remote(workdir):
         log(f"adjax: note: {workdir} is a bucket, which cannot be locked; run one trainer there")
         yield
@@ -98,6 +101,8 @@ def workdir_lock(workdir: pathlib.Path, log: Callable[[str], None] = print) -> I
         except BlockingIOError:
             raise TrainingError(f"another adjax train is running in {workdir}; wait for it to "
                                 f"finish or use another --workdir.") from None
+        except OSError:  # e.g. a FUSE-mounted bucket without locks
+            log(f"adjax: note: {workdir} cannot be locked; run one trainer there")
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -154,6 +159,10 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _quiet(message: str) -> None:
+    del message
+
+
 @dataclasses.dataclass
 class OpenRun:
     """A run's work directory opened for training: checked against its checkpoints, its splits
@@ -190,7 +199,8 @@ def open_run(config: ml_collections.ConfigDict, workdir, log) -> OpenRun:
         train_split, val_split = datasets.train_and_validation(config.data, config.seed,
                                                                log=log)
         n_test = datasets.check_test(config.data, log=log)
-        files.write_json(saved_path, json.loads(config.to_json_best_effort()))
+        if runtime.is_primary():
+            files.write_json(saved_path, json.loads(config.to_json_best_effort()))
     except BaseException:
         checkpoints.close()
         raise
@@ -240,6 +250,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     config_lib.validate(config)
     method = methods.build(config)
     workdir = files.ensure_folder(workdir, "work directory")
+    if not runtime.is_primary():
+        log = _quiet  # the other processes of a multi-host program print nothing
     with workdir_lock(workdir, log):
         run = open_run(config, workdir, log)
         try:
@@ -273,7 +285,8 @@ def _train(method, run: OpenRun, devices, on_chunk, log, clock):
 
 def save_parameters(method, state, workdir: pathlib.Path, log) -> None:
     """Writes clu's parameter table to `parameters.txt` and logs the count per net."""
-    files.write_text(workdir / "parameters.txt", parameter_table(state.params) + "\n")
+    if runtime.is_primary():
+        files.write_text(workdir / "parameters.txt", parameter_table(state.params) + "\n")
     counts = method.describe(state)["params"]
     log("adjax: parameters " + ", ".join(f"{name} {n:,}" for name, n in counts.items())
         + f" (table: {workdir / 'parameters.txt'})")
@@ -296,7 +309,8 @@ class MetricsLog:
         self._write()
 
     def _write(self) -> None:
-        files.write_text(self.path, "".join(line + "\n" for line in self.lines))
+        if runtime.is_primary():
+            files.write_text(self.path, "".join(line + "\n" for line in self.lines))
 
 
 def first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:

@@ -45,7 +45,7 @@ def _bash(script: str, *args: str, fake_bin: pathlib.Path | None = None,
     base = {k: v for k, v in os.environ.items()
             if k not in ("DRY_RUN", "BENCH", "BENCH_ARGS", "CATEGORIES", "CONFIG", "ROOT",
                          "CATEGORY", "WORKDIR", "RESULTS", "WORKER", "SEEDS", "DEVICES",
-                         "MODE", "DEVICE_VAR")}
+                         "MODE", "DEVICE_VAR", "SLURM_ARRAY_TASK_ID")}
     if fake_bin is not None:
         base["PATH"] = f"{fake_bin}{os.pathsep}{base['PATH']}"
     return subprocess.run(["bash", f"launch/{script}", *args], cwd=ROOT, env={**base, **env},
@@ -214,3 +214,23 @@ def test_matrix_in_one_program(tmp_path, data_root, fake_bin):
                         f"--config.data.root={data_root} --runs=categories=cat_a,cat_b,seeds=0,1")
     assert lines[1] == (f"adjax eval --workdir={tmp_path / 'runs'} "
                         f"--results_dir={tmp_path / 'runs' / 'results'}")
+
+
+def test_slurm_array_task_trains_its_category(tmp_path, data_root, fake_bin):
+    env = dict(CONFIG=CONFIG, ROOT=str(data_root), CATEGORIES="cat_a cat_b",
+               SLURM_ARRAY_TASK_ID="1", SEEDS="0 1", DRY_RUN="1")
+    proc = _bash("slurm.sbatch", fake_bin=fake_bin, **env)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith(f"srun adjax train --config={CONFIG} ")
+    assert "--config.data.category=cat_b --runs=categories=cat_b,seeds=0,1" in first
+    proc = _bash("slurm.sbatch", fake_bin=fake_bin, **{**env, "SLURM_ARRAY_TASK_ID": "2"})
+    assert "array task 2 has no category" in _error_line(proc)
+
+
+def test_skypilot_task_loads_with_skypilots_parser():
+    sky = pytest.importorskip("sky")
+    task = sky.Task.from_yaml(str(ROOT / "launch" / "skypilot.yaml"))
+    assert "adjax train" in task.run and "--runs=" in task.run
+    assert "adjax eval" in task.run
+    assert task.envs["CONFIG"] == "configs/efficientad.py:s"
