@@ -29,7 +29,7 @@ commands:
                adjax config --config=configs/efficientad.py:quick
   bench        time training and inference of a config; write a `bench` results record
                adjax bench --config=configs/efficientad.py:s --precision=fp32,bf16
-  weights      convert published PyTorch weights (or a distillation run's teacher) to Flax
+  weights import  convert published PyTorch weights (or a distilled teacher) to Flax msgpack
                adjax weights import --from=teacher_small.pth --to=pdn_s.msgpack
                    --kind=efficientad_teacher_s
   tables       render tables from stored results records (adjax runs and published numbers)
