@@ -151,7 +151,11 @@ def _train() -> None:
         jax.distributed.initialize()
     train.train(FLAGS.config, FLAGS.workdir)
     workdir = FLAGS.workdir
-    if FLAGS.config.data.layout == "folder":
+    if FLAGS.config.method == "efficientad_distill":
+        print(f"adjax: distillation finished; export the teacher with `adjax weights import "
+              f"--from={workdir} --kind=efficientad_teacher_{FLAGS.config.model.size} "
+              f"--to=FILE.msgpack`")
+    elif FLAGS.config.data.layout == "folder":
         print(f"adjax: training finished; score images with `adjax predict --workdir={workdir} "
               f"--images=DIR` (a folder layout has no test split to evaluate)")
     else:

@@ -145,6 +145,10 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     """
     workdir = pathlib.Path(workdir)
     config, method, state = load_run(workdir)
+    if not method.trains_on_splits:
+        raise EvaluationError(f"{workdir} is a {config.method} run, which has no test split; "
+                              f"export its teacher with `adjax weights import --from={workdir} "
+                              f"--kind=efficientad_teacher_{config.model.size} --to=FILE`.")
     fpr_limit = config.eval.fpr_limit if fpr_limit is None else fpr_limit
     if not 0.0 < fpr_limit <= 1.0:
         raise EvaluationError(f"--fpr_limit must be in (0, 1], got {fpr_limit}.")

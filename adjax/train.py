@@ -7,6 +7,12 @@ one run: the config its checkpoints were made with (`config.json`), the checkpoi
 per-chunk metrics (`metrics.jsonl`) and the parameter table (`parameters.txt`). Run again with
 the same config, training resumes from the last checkpoint and ends where an uninterrupted run
 ends; a config that differs in anything but the keys in `RESUMABLE` is refused.
+
+A method whose data streams from the host (`Method.host_stream`, e.g. the EfficientAD teacher
+distillation on ImageNet) has no training, validation or test split (`trains_on_splits` is
+False): nothing is loaded onto the device, its batches are fed into the compiled chunks, the
+next chunk's batches are prepared while the device runs the current one, and a resumed run
+reads on from the stream's batch at the checkpoint's step.
 """
 
 import contextlib
@@ -179,8 +185,12 @@ def _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock):
         saved = json.loads(files.read_text(saved_path, "config file")) \
             if saved_path.is_file() else {}
         check_resume(saved, config, workdir, start)
-    train_split, val_split = datasets.train_and_validation(config.data, config.seed, log=log)
-    n_test = datasets.check_test(config.data, log=log)
+    splits = method.trains_on_splits
+    if splits:
+        train_split, val_split = datasets.train_and_validation(config.data, config.seed, log=log)
+        n_test = datasets.check_test(config.data, log=log)
+    # Pretrained weights (and a streaming method's data) are checked before anything is written.
+    pretrained = method.pretrained() if start is None else None
     files.write_json(saved_path, json.loads(config.to_json_best_effort()))
 
     mesh = runtime.make_mesh(tcfg.batch_size, devices, log=log)
@@ -190,17 +200,18 @@ def _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock):
         log(f"adjax: note: {tcfg.steps:,} steps is a schedule sized for a GPU or TPU; on this "
             f"CPU it can take hours (the ETA follows the first steps). The `quick` variant of "
             f"each config is sized for a CPU.")
-    pools = runtime.place_pools({"image": train_split.images, "label": train_split.labels},
-                                method.extra_pools(), mesh)
+    train = {"image": train_split.images, "label": train_split.labels} if splits else {}
+    pools = runtime.place_pools(train, method.extra_pools(), mesh)
     k_init, k_train = jax.random.split(jax.random.key(config.seed))
     where = (f"{len(train_split)} images ({len(val_split)} held out for calibration, {n_test} "
-             f"to test), {mesh.size} {platform} device(s)")
+             f"to test)" if splits else "images streamed from the host") + \
+        f", {mesh.size} {platform} device(s)"
     if start is None:
         log(f"adjax: initialising {config.method}:{config.get('variant', '')} on {where}")
-        state = jax.device_put(method.init(k_init, pools["train"], method.pretrained()),
+        state = jax.device_put(method.init(k_init, pools.get("train", {}), pretrained),
                                replicated)
     else:
-        like = jax.eval_shape(method.init, k_init, pools["train"])
+        like = jax.eval_shape(method.init, k_init, pools.get("train", {}))
         like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                             sharding=replicated), like)
         state = checkpoints.restore(start, like)
@@ -211,8 +222,9 @@ def _train(config, method, workdir, checkpoints, devices, on_chunk, log, clock):
     if start != tcfg.steps:  # else: a finished run, already calibrated
         state = _run(method, config, state, pools, k_train, mesh, checkpoints, workdir,
                      on_chunk, Progress(config, start or 0, log, clock))
-        val = {"image": runtime.put_global(val_split.images, replicated)}
-        state = method.calibrate(state, val)
+        if splits:
+            state = method.calibrate(state, {"image": runtime.put_global(val_split.images,
+                                                                         replicated)})
         checkpoints.save(tcfg.steps, state)
     return state
 
@@ -245,10 +257,28 @@ def _first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
 
 
 def _run(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk, progress):
+    step = int(state.step)
+    stream = method.host_stream(step)
+    try:
+        return _chunks(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk,
+                       progress, stream)
+    finally:
+        if stream is not None:
+            stream.close()  # stops the decoding processes
+
+
+def _chunks(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk, progress,
+            stream):
     tcfg = config.train
     batch_sharding = NamedSharding(mesh, P("data"))
     chunks: dict[int, Callable] = {}
     step = int(state.step)
+
+    def next_feed(at):
+        length = min(tcfg.steps_per_call, tcfg.steps - at)
+        return None if stream is None or length <= 0 else runtime.feed(stream, length, mesh)
+
+    fed = next_feed(step)
     with open(workdir / "metrics.jsonl", "a") as metrics_file:
         while step < tcfg.steps:
             length = min(tcfg.steps_per_call, tcfg.steps - step)
@@ -256,8 +286,9 @@ def _run(method, config, state, pools, key, mesh, checkpoints, workdir, on_chunk
                 chunks[length] = runtime.make_chunk(method, config, batch_sharding, length)
             first = step
             state, history = chunks[length](
-                state, pools, key,
+                state, pools, key, fed,
                 on_step=lambda s, m: progress.update(s, lambda: float(m["loss"])))
+            fed = next_feed(step + length)  # read while the device runs the dispatched chunk
             history = {k: np.asarray(v, np.float64) for k, v in history.items()}
             step += length
             bad = _first_bad(history)

@@ -148,10 +148,12 @@ def _distill(variant: str) -> ml_collections.ConfigDict:
             backbone="",           # WideResNet-101-2 ImageNet weights (.pth, .safetensors, .npz
                                    # or the msgpack of `adjax weights import`)
             extractor_size=512,    # the extractor's input side (64 x 64 features at 512)
+            pre_dim=1024,          # PatchCore's per-layer dimension before the aggregation
             stats_images=10_000,   # images for each pass of the target channel mean / std
             grayscale=0.1,         # RandomGrayscale, the same draw for both inputs
             workers=8,             # decoding processes (0: in the training process)
             depth=101, width_per_group=128,  # the backbone (wide_resnet101_2)
+            width=1.0,             # its stage-width multiplier (1.0: torchvision; tests shrink it)
         )
     )
     cfg.optim = ml_collections.ConfigDict(dict(lr=1e-4, weight_decay=1e-5))
