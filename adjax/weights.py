@@ -286,9 +286,12 @@ def vgg_from_torch(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
 
 def _unbuilt_stage(path: Sequence[str], built: set[str]) -> bool:
     """Whether `path` (a state-dict key split at dots, or a Flax leaf path) lies in a ResNet
-    stage `layer1`..`layer4` that a truncated trunk does not build."""
+    stage `layer1`..`layer4` that a truncated trunk does not build (a stage no ResNet has,
+    e.g. `layer9`, is not excused)."""
+    from adjax.nn.resnet import LAYERS
+
     stage = next((p.split("_")[0] for p in path[:2] if p.startswith("layer")), None)
-    return stage is not None and stage not in built
+    return stage in LAYERS and stage not in built
 
 
 def resnet_from_torch(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
