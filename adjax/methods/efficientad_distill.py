@@ -122,20 +122,21 @@ class EfficientADDistill(MethodBase):
         n = math.ceil(d.stats_images / self.config.train.batch_size)
         key = jax.random.key(self.config.seed + 1)
 
-        @jax.jit
-        def moments(images, k, mean):
+        @jax.jit  # the backbone is an argument, not a constant compiled into the program
+        def moments(backbone, images, k, mean):
             x = (self._gray(k, images, d.grayscale) * 255.0).astype(jnp.uint8)
             f = self.targets(backbone, x)
             return jnp.mean(f, axis=(0, 1, 2)), jnp.mean((f - mean) ** 2, axis=(0, 1, 2))
 
+        def pass_(first, mean, which):
+            return jnp.mean(jnp.stack([
+                moments(backbone, next(batches)["image_extractor"],
+                        jax.random.fold_in(key, first + i), mean)[which] for i in range(n)]),
+                axis=0)
+
         try:
-            zero = jnp.zeros((self.config.model.out_channels,))
-            mean = jnp.mean(jnp.stack([moments(next(batches)["image_extractor"],
-                                               jax.random.fold_in(key, i), zero)[0]
-                                       for i in range(n)]), axis=0)
-            var = jnp.mean(jnp.stack([moments(next(batches)["image_extractor"],
-                                              jax.random.fold_in(key, n + i), mean)[1]
-                                      for i in range(n)]), axis=0)
+            mean = pass_(0, jnp.zeros((self.config.model.out_channels,)), 0)
+            var = pass_(n, mean, 1)
         finally:
             batches.close()
         return {"backbone": backbone, "target_mean": np.asarray(mean),
