@@ -29,6 +29,9 @@ commands:
                adjax config --config=configs/efficientad.py:quick
   bench        time training and inference of a config; write a `bench` results record
                adjax bench --config=configs/efficientad.py:s --precision=fp32,bf16
+  weights import  convert published PyTorch weights (or a distilled teacher) to Flax msgpack
+               adjax weights import --from=teacher_small.pth --to=pdn_s.msgpack
+                   --kind=efficientad_teacher_s
   tables       render tables from stored results records (adjax runs and published numbers)
                adjax tables --source=all --dataset=mvtec_ad
                adjax tables --list;  adjax tables --table=6.3 --publication=Mishra
@@ -153,7 +156,11 @@ def _train() -> None:
     else:
         train.train(FLAGS.config, FLAGS.workdir)
     workdir = FLAGS.workdir
-    if FLAGS.config.data.layout == "folder":
+    if FLAGS.config.method == "efficientad_distill":
+        print(f"adjax: distillation finished; export the teacher with `adjax weights import "
+              f"--from={workdir} --kind=efficientad_teacher_{FLAGS.config.model.size} "
+              f"--to=FILE.msgpack`")
+    elif FLAGS.config.data.layout == "folder":
         print(f"adjax: training finished; score images with `adjax predict --workdir={workdir} "
               f"--images=DIR` (a folder layout has no test split to evaluate)")
     else:
@@ -259,6 +266,22 @@ def _tables() -> None:
         print(f"adjax tables: {hint}", file=sys.stderr)
 
 
+def _weights() -> None:
+    from adjax import weights
+    from adjax.methods.base import count_params
+
+    source = pathlib.Path(FLAGS["from"].value)
+    if source.is_dir():  # a finished distillation run: its teacher
+        from adjax.methods.efficientad_distill import exported_teacher
+
+        variables = exported_teacher(source, FLAGS.kind)
+    else:
+        variables = weights.import_file(source, FLAGS.kind)
+    path = weights.write_flax(FLAGS.to, variables)
+    print(f"adjax: wrote {path} ({FLAGS.kind}, {count_params(variables.get('params', {})):,} "
+          f"parameters, from {source}; sha256 {weights.sha256(path)})")
+
+
 def _define_config() -> None:
     from ml_collections import config_flags
 
@@ -318,6 +341,14 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("results_dir", "results/bench", "Where to write the records.")
         flags.DEFINE_string("peer", None, "Also time a peer implementation: anomalib.")
         return _bench
+    if command == "weights":
+        from adjax.weights import KINDS
+
+        flags.DEFINE_string("from", None, "A PyTorch state dict (.pth, .safetensors, .npz) or "
+                            "a finished distillation run's work directory.", required=True)
+        flags.DEFINE_string("to", None, "The Flax msgpack file to write.", required=True)
+        flags.DEFINE_enum("kind", None, list(KINDS), "What the weights are.", required=True)
+        return _weights
     if command == "tables":
         flags.DEFINE_multi_string("results", ["results"], "Folder of results records or of "
                                   "work directories, searched recursively (non-record JSON is "
@@ -345,12 +376,19 @@ def _define(command: str) -> Callable[[], None]:
 
 
 def _help(command: str) -> NoReturn:
-    name = "data synth" if command == "data" else command
+    name = {"data": "data synth", "weights": "weights import"}.get(command, command)
     print(f"usage: adjax {name} [flags]\n")
     print(FLAGS.module_help(sys.modules[__name__]).split("\n", 1)[1])
     if command in ("train", "bench", "config"):
         print("\n" + CONFIG_HELP)
     sys.exit(0)
+
+
+# Commands with one subcommand: (its name, the usage line printed without it).
+_SUBCOMMANDS = {
+    "data": ("synth", "adjax data synth --out DIR [--seed N] [--image_size S]"),
+    "weights": ("import", "adjax weights import --from=FILE --to=FILE.msgpack --kind=KIND"),
+}
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -360,12 +398,12 @@ def run(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if len(argv) >= 2 else 2)
     command, rest = argv[1], argv[2:]
-    if command == "data":
-        if rest and rest[0] == "synth":
+    if command in _SUBCOMMANDS:
+        sub, usage = _SUBCOMMANDS[command]
+        if rest and rest[0] == sub:
             rest = rest[1:]
         elif "--help" not in rest and "-h" not in rest:
-            print("usage: adjax data synth --out DIR [--seed N] [--image_size S]",
-                  file=sys.stderr)
+            print(f"usage: {usage}", file=sys.stderr)
             sys.exit(2)
     try:
         main = _define(command)

@@ -33,15 +33,17 @@ def base_config(method: str, variant: str, seed: int = 42) -> ml_collections.Con
 def data_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.data` block: which data set, where, and how it is prepared.
 
-    Keys: layout (mvtec_ad | mpdd | btad | visa | folder | labelled), name (the data set's name
-    in results records; empty: "synth" for the embedded data, else the layout), root (a folder,
-    or "embedded"), category, image_size, val_fraction (the share of the normal training images
-    held out for calibration), cache_dir (decoded arrays; empty means ~/.cache/adjax or
-    $ADJAX_CACHE).
+    Keys: layout (mvtec_ad | mpdd | btad | visa | real_iad | folder | labelled), name (the data
+    set's name in results records; empty: "synth" for the embedded data, else the layout), root
+    (a folder, or "embedded"), category, image_size, val_fraction (the share of the normal
+    training images held out for calibration), cache_dir (decoded arrays; empty means
+    ~/.cache/adjax or $ADJAX_CACHE), real_iad (the real_iad layout's folders under root: json,
+    the split files (realiad_jsons; realiad_jsons_sv, realiad_jsons_fuiad_0.1, ...), images
+    (realiad_1024; realiad_512, realiad_raw, ...)).
     """
     cfg = ml_collections.ConfigDict(
         dict(layout="mvtec_ad", name="", root="", category="", image_size=256, val_fraction=0.1,
-             cache_dir="")
+             cache_dir="", real_iad=dict(json="realiad_jsons", images="realiad_1024"))
     )
     cfg.update(overrides)
     return cfg
@@ -75,10 +77,12 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.eval` block.
 
     Keys: batch_size (prediction), fpr_limit (AUPRO), threshold (how the decision threshold is
-    chosen on validation images: max | quantile | k_sigma), threshold_q, threshold_k.
+    chosen on validation images: max | quantile | k_sigma), threshold_q, threshold_k,
+    original_size (pixel metrics at each ground truth's own size, the protocol of the published
+    MVTec AD numbers: maps resized bilinearly to the mask; false: at the training size).
     """
     cfg = ml_collections.ConfigDict(dict(batch_size=16, fpr_limit=0.3, threshold="quantile",
-                                         threshold_q=0.99, threshold_k=3.0))
+                                         threshold_q=0.99, threshold_k=3.0, original_size=False))
     cfg.update(overrides)
     return cfg
 
@@ -159,3 +163,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         path_component(str(d.category), "config.data.category")
     if d.get("name"):
         path_component(d.name, "config.data.name")
+    if d.get("layout") == "real_iad":
+        for key in ("json", "images"):
+            path_component(d.real_iad[key], f"config.data.real_iad.{key}")

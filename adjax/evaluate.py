@@ -21,6 +21,7 @@ from adjax.checkpoint import Checkpoints
 from adjax.config import path_component
 from adjax.data import datasets
 from adjax.methods.base import map_batches
+from adjax.nn.layers import resize_bilinear
 
 
 class EvaluationError(RuntimeError):
@@ -67,6 +68,20 @@ def predict_all(method: methods.Method, state: Any, images: np.ndarray,
     out = map_batches(jax.jit(lambda x: method.predict(state, x)), images, batch_size,
                       to_host=True)
     return out.anomaly_map, out.score
+
+
+def at_original_size(maps: np.ndarray, masks: list[np.ndarray], what: str) -> tuple[np.ndarray,
+                                                                                     np.ndarray]:
+    """(maps resized bilinearly to the ground truth's own size, the masks stacked): the
+    protocol of the published MVTec AD numbers. The pixel metrics need one size, which every
+    category of MVTec AD has; a test split of several sizes stops, naming two."""
+    sizes = sorted({m.shape for m in masks})
+    if len(sizes) > 1:
+        raise EvaluationError(f"config.eval.original_size needs test images of one size, but "
+                              f"{what} has {sizes[0][1]}x{sizes[0][0]} and "
+                              f"{sizes[-1][1]}x{sizes[-1][0]} (among {len(sizes)} sizes).")
+    resize = jax.jit(lambda m: resize_bilinear(m[..., None], sizes[0])[..., 0])
+    return map_batches(resize, maps, 8, to_host=True), np.stack(masks)
 
 
 def thresholded(test_scores, test_labels, val_scores, how: str, q: float, k: float,
@@ -145,6 +160,10 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     """
     workdir = files.path(workdir)
     config, method, state = load_run(workdir)
+    if not method.trains_on_splits:
+        raise EvaluationError(f"{workdir} is a {config.method} run, which has no test split; "
+                              f"export its teacher with `adjax weights import --from={workdir} "
+                              f"--kind=efficientad_teacher_{config.model.size} --to=FILE`.")
     fpr_limit = config.eval.fpr_limit if fpr_limit is None else fpr_limit
     if not 0.0 < fpr_limit <= 1.0:
         raise EvaluationError(f"--fpr_limit must be in (0, 1], got {fpr_limit}.")
@@ -156,13 +175,18 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
         log(f"adjax: scoring {len(test)} test and {len(val)} validation images")
     maps, scores = predict_all(method, state, test.images, batch)
     val_maps, val_scores = predict_all(method, state, val.images, batch)
-    computed = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=fpr_limit,
+    pixel_maps, masks = maps, test.masks  # the overlays stay at the training size
+    if config.eval.get("original_size", False):
+        pixel_maps, masks = at_original_size(maps, datasets.original_masks(test_data, log),
+                                             f"{datasets.dataset_name(test_data)}/"
+                                             f"{test_data.category or ''}")
+    computed = metrics.compute(scores, test.labels, pixel_maps, masks, fpr_limit=fpr_limit,
                                with_curves=save_images)
     if save_images:
         _save_images(workdir / "images", computed, test, maps, scores, fpr_limit)
     how, q, k = config.eval.threshold, config.eval.threshold_q, config.eval.threshold_k
     computed |= thresholded(scores, test.labels, val_scores, how, q, k, "image")
-    computed |= thresholded(maps, test.masks, val_maps, how, q, k, "pixel")
+    computed |= thresholded(pixel_maps, masks, val_maps, how, q, k, "pixel")
     numbers = {key: (None if math.isnan(v) else v) for key, v in computed.items()
                if isinstance(v, float | int) and not isinstance(v, bool)}
     numbers |= training_time(workdir)

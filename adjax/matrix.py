@@ -177,6 +177,9 @@ def train_matrix(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
 
     config_lib.validate(config)
     method = methods.build(config)
+    if not method.trains_on_splits:
+        raise TrainingError(f"{config.method} streams its data from the host and trains one run "
+                            f"at a time; drop --runs.")
     pairs = expand(config, spec)
     workdir = files.ensure_folder(workdir, "work directory")
     with workdir_lock(workdir, log):
@@ -190,7 +193,7 @@ def train_matrix(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
             for category, seed in pairs:
                 folder = files.ensure_folder(workdir / run_name(category, seed),
                                              "work directory")
-                runs.append(open_run(run_config(config, category, seed), folder, log))
+                runs.append(open_run(method, run_config(config, category, seed), folder, log))
             starts = {r.start for r in runs}
             if len(starts) > 1:
                 listing = ", ".join(f"{r.workdir.name} at {r.start}" for r in runs)

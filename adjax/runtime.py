@@ -7,6 +7,11 @@ image is drawn exactly once. `steps_per_call` steps form one compiled chunk: a `
 host loop over one compiled step (`config.train.loop`). The batch is sharded over a `data` mesh
 axis and the state replicated. Each step's randomness is derived from the run's key and the step
 number only, so a run resumed from a checkpoint ends exactly where an uninterrupted run does.
+
+Data too large for the device (ImageNet) streams from the host instead (`Method.host_stream`):
+the trainer stacks `steps_per_call` of its batches into a "feed" ([steps, batch, ...], the
+batch sharded) and the chunk gives step i the feed's i-th batch beside what it draws from the
+pools.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -51,8 +56,17 @@ def place_pools(train: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]
     (`{"image", "label"}`) under "train", and each extra pool `name` as `{name: images}`."""
     replicated = NamedSharding(mesh, P())
     pools = {"train": {k: put_global(np.asarray(v), replicated) for k, v in train.items()}}
+    pools = pools if train else {}  # a method that streams its data has no training split
     pools |= {k: {k: put_global(v, replicated)} for k, v in extra.items()}
     return pools
+
+
+def feed(stream: Any, length: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """The next `length` host batches of `stream` stacked into [length, batch, ...] arrays on
+    the mesh, each step's batch split over the `data` axis."""
+    batches = [next(stream) for _ in range(length)]
+    sharding = NamedSharding(mesh, P(None, "data"))
+    return {k: put_global(np.stack([b[k] for b in batches]), sharding) for k in batches[0]}
 
 
 def resolve_loop(loop: str, platform: str) -> str:
@@ -103,24 +117,25 @@ def _sample(pool: dict[str, jax.Array], key: jax.Array, step: jax.Array,
 
 def make_chunk(method: Any, config: Any, batch_sharding: NamedSharding | None,
                length: int, runs: int = 0) -> Callable:
-    """The function that runs `length` steps: (state, pools, key, on_step=None) -> (state,
-    metrics), the metrics of every step stacked ([length] per name).
+    """The function that runs `length` steps: (state, pools, key, feed=None, on_step=None) ->
+    (state, metrics), the metrics of every step stacked ([length] per name); `feed` holds the
+    host-streamed batches of the `length` steps (see `feed`), or None.
 
     Each step's batch holds `batch_size` samples of every pool. With `runs > 0` the state, the
     "train" pool (padded, with its "length") and the key carry a leading run axis and the step
-    is vmapped over it (a benchmark matrix in one program; metrics [length, runs]); the batch is
-    then not sharded (`batch_sharding` None: the run axis is). `chunk.compiled` is the jitted
-    function XLA compiles (the scanned chunk, or the one step of the host loop), for
+    is vmapped over it (a benchmark matrix in one program; metrics [length, runs]; no feed); the
+    batch is then not sharded (`batch_sharding` None: the run axis is). `chunk.compiled` is the
+    jitted function XLA compiles (the scanned chunk, or the one step of the host loop), for
     compile-time measurements; `chunk.per_step` says whether `on_step(step, metrics)` is called
     after each step (the host loop) or never (one compiled scan).
     """
     batch_size = config.train.batch_size
 
-    def one_step(state, pools, key):
+    def one_step(state, pools, key, streamed=None):
         # The permutation key depends on the run's key and the pool only: epochs are drawn
         # without replacement. Augmentation and dropout get a key of their own per step.
         k_data, k_step = jax.random.split(key)
-        batch = {}
+        batch = dict(streamed or {})
         for i, (_, pool) in enumerate(sorted(pools.items())):
             batch |= _sample(pool, jax.random.fold_in(k_data, i), state.step, batch_size)
         if batch_sharding is not None:
@@ -131,7 +146,7 @@ def make_chunk(method: Any, config: Any, batch_sharding: NamedSharding | None,
     if runs:
         single = one_step
 
-        def one_step(state, pools, key):
+        def one_step(state, pools, key, streamed=None):
             axes = {name: 0 if name == "train" else None for name in pools}
             return jax.vmap(single, in_axes=(0, axes, 0))(state, pools, key)
 
@@ -140,11 +155,12 @@ def make_chunk(method: Any, config: Any, batch_sharding: NamedSharding | None,
     if resolve_loop(config.train.get("loop", "auto"), platform) == "host":
         step = jax.jit(one_step, donate_argnums=0)
 
-        def host_loop(state, pools, key, on_step=None):
+        def host_loop(state, pools, key, feed=None, on_step=None):
             history = []
             first = int(jnp.ravel(state.step)[0])
             for i in range(length):
-                state, metrics = step(state, pools, key)
+                streamed = None if feed is None else {k: v[i] for k, v in feed.items()}
+                state, metrics = step(state, pools, key, streamed)
                 history.append(metrics)
                 if on_step is not None:
                     on_step(first + i + 1, metrics)
@@ -153,14 +169,15 @@ def make_chunk(method: Any, config: Any, batch_sharding: NamedSharding | None,
         host_loop.compiled, host_loop.per_step = step, True
         return host_loop
 
-    def scanned(state, pools, key):
-        return jax.lax.scan(lambda s, _: one_step(s, pools, key), state, length=length)
+    def scanned(state, pools, key, feed=None):
+        return jax.lax.scan(lambda s, x: one_step(s, pools, key, x), state, xs=feed,
+                            length=length)
 
     jitted = jax.jit(scanned, donate_argnums=0)
 
-    def chunk(state, pools, key, on_step=None):
+    def chunk(state, pools, key, feed=None, on_step=None):
         del on_step  # the steps run inside one compiled call
-        return jitted(state, pools, key)
+        return jitted(state, pools, key, feed)
 
     chunk.compiled, chunk.per_step = jitted, False
     return chunk

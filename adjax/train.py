@@ -7,6 +7,12 @@ one run: the config its checkpoints were made with (`config.json`), the checkpoi
 per-chunk metrics (`metrics.jsonl`) and the parameter table (`parameters.txt`). Run again with
 the same config, training resumes from the last checkpoint and ends where an uninterrupted run
 ends; a config that differs in anything but the keys in `RESUMABLE` is refused.
+
+A method whose data streams from the host (`Method.host_stream`, e.g. the EfficientAD teacher
+distillation on ImageNet) has no training, validation or test split (`trains_on_splits` is
+False): nothing is loaded onto the device, its batches are fed into the compiled chunks, the
+next chunk's batches are prepared while the device runs the current one, and a resumed run
+reads on from the stream's batch at the checkpoint's step.
 """
 
 import contextlib
@@ -172,22 +178,34 @@ class OpenRun:
     workdir: Any
     checkpoints: Checkpoints
     start: int | None  # the step of the last checkpoint; None for a new run
-    train_split: Any
+    train_split: Any   # None for a method that streams its data from the host
     val_split: Any
     n_test: int
+    pretrained: Any    # the method's pretrained weights (read for a new run only)
 
     @property
     def name(self) -> str:
         return f"{self.config.method}:{self.config.get('variant', '')}"
 
+    @property
+    def pools(self) -> dict[str, Any]:
+        """The training split as the trainer's "train" pool (none for a streaming method)."""
+        if self.train_split is None:
+            return {}
+        return {"image": self.train_split.images, "label": self.train_split.labels}
+
     def where(self, devices: str) -> str:
+        if self.train_split is None:
+            return f"images streamed from the host, {devices}"
         return (f"{len(self.train_split)} images ({len(self.val_split)} held out for "
                 f"calibration, {self.n_test} to test), {devices}")
 
 
-def open_run(config: ml_collections.ConfigDict, workdir, log) -> OpenRun:
-    """Opens `workdir` (an existing folder, locked by the caller) for `config`; the caller
-    closes `run.checkpoints`."""
+def open_run(method, config: ml_collections.ConfigDict, workdir, log) -> OpenRun:
+    """Opens `workdir` (an existing folder, locked by the caller) for `config`: checks it
+    against its checkpoints, reads the splits (and checks the test split), reads the pretrained
+    weights of a new run, and only then writes the config. The caller closes
+    `run.checkpoints`."""
     checkpoints = Checkpoints(workdir / "checkpoints", config.train.keep_checkpoints)
     try:
         start = checkpoints.latest_step()
@@ -196,15 +214,22 @@ def open_run(config: ml_collections.ConfigDict, workdir, log) -> OpenRun:
             saved = json.loads(files.read_text(saved_path, "config file")) \
                 if saved_path.is_file() else {}
             check_resume(saved, config, workdir, start)
-        train_split, val_split = datasets.train_and_validation(config.data, config.seed,
-                                                               log=log)
-        n_test = datasets.check_test(config.data, log=log)
+        train_split = val_split = None
+        n_test = 0
+        if method.trains_on_splits:
+            train_split, val_split = datasets.train_and_validation(config.data, config.seed,
+                                                                   log=log)
+            n_test = datasets.check_test(config.data, log=log)
+        # Pretrained weights (and a streaming method's data) are checked before anything is
+        # written.
+        pretrained = method.pretrained() if start is None else None
         if runtime.is_primary():
             files.write_json(saved_path, json.loads(config.to_json_best_effort()))
     except BaseException:
         checkpoints.close()
         raise
-    return OpenRun(config, workdir, checkpoints, start, train_split, val_split, n_test)
+    return OpenRun(config, workdir, checkpoints, start, train_split, val_split, n_test,
+                   pretrained)
 
 
 def first_state(method, run: OpenRun, train_pool, sharding, log, devices: str) -> Any:
@@ -213,7 +238,7 @@ def first_state(method, run: OpenRun, train_pool, sharding, log, devices: str) -
     k_init = jax.random.split(jax.random.key(run.config.seed))[0]
     if run.start is None:
         log(f"adjax: initialising {run.name} on {run.where(devices)}")
-        return jax.device_put(method.init(k_init, train_pool, method.pretrained()), sharding)
+        return jax.device_put(method.init(k_init, train_pool, run.pretrained), sharding)
     like = jax.eval_shape(method.init, k_init, train_pool)
     like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                         like)
@@ -253,7 +278,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     if not runtime.is_primary():
         log = _quiet  # the other processes of a multi-host program print nothing
     with workdir_lock(workdir, log):
-        run = open_run(config, workdir, log)
+        run = open_run(method, config, workdir, log)
         try:
             return _train(method, run, devices, on_chunk, log, clock)
         finally:
@@ -266,10 +291,8 @@ def _train(method, run: OpenRun, devices, on_chunk, log, clock):
     replicated = NamedSharding(mesh, P())
     platform = mesh.devices.flat[0].platform
     note_cpu_schedule(config, platform, log)
-    pools = runtime.place_pools({"image": run.train_split.images,
-                                 "label": run.train_split.labels},
-                                method.extra_pools(), mesh)
-    state = first_state(method, run, pools["train"], replicated, log,
+    pools = runtime.place_pools(run.pools, method.extra_pools(), mesh)
+    state = first_state(method, run, pools.get("train", {}), replicated, log,
                         f"{mesh.size} {platform} device(s)")
     save_parameters(method, state, run.workdir, log)
     metrics_log = MetricsLog(run.workdir / "metrics.jsonl", run.start or 0)
@@ -277,8 +300,9 @@ def _train(method, run: OpenRun, devices, on_chunk, log, clock):
         state = _run(method, config, state, pools, train_key(config), mesh, run.checkpoints,
                      run.workdir, metrics_log, on_chunk,
                      Progress(config, run.start or 0, log, clock))
-        val = {"image": runtime.put_global(run.val_split.images, replicated)}
-        state = method.calibrate(state, val)
+        if run.val_split is not None:
+            val = {"image": runtime.put_global(run.val_split.images, replicated)}
+            state = method.calibrate(state, val)
         run.checkpoints.save(tcfg.steps, state)
     return state
 
@@ -324,18 +348,36 @@ def first_bad(history: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
 
 def _run(method, config, state, pools, key, mesh, checkpoints, workdir, metrics_log, on_chunk,
          progress):
+    stream = method.host_stream(int(state.step))
+    try:
+        return _chunks(method, config, state, pools, key, mesh, checkpoints, workdir,
+                       metrics_log, on_chunk, progress, stream)
+    finally:
+        if stream is not None:
+            stream.close()  # stops the decoding processes
+
+
+def _chunks(method, config, state, pools, key, mesh, checkpoints, workdir, metrics_log,
+            on_chunk, progress, stream):
     tcfg = config.train
     batch_sharding = NamedSharding(mesh, P("data"))
     chunks: dict[int, Callable] = {}
     step = int(state.step)
+
+    def next_feed(at):
+        length = min(tcfg.steps_per_call, tcfg.steps - at)
+        return None if stream is None or length <= 0 else runtime.feed(stream, length, mesh)
+
+    fed = next_feed(step)
     while step < tcfg.steps:
         length = min(tcfg.steps_per_call, tcfg.steps - step)
         if length not in chunks:  # a shorter last chunk compiles once more
             chunks[length] = runtime.make_chunk(method, config, batch_sharding, length)
         first = step
         state, history = chunks[length](
-            state, pools, key,
+            state, pools, key, fed,
             on_step=lambda s, m: progress.update(s, lambda: float(m["loss"])))
+        fed = next_feed(step + length)  # read while the device runs the dispatched chunk
         history = {k: np.asarray(v, np.float64) for k, v in history.items()}
         step += length
         bad = first_bad(history)

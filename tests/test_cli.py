@@ -15,7 +15,8 @@ from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "--config=configs/efficientad.py:quick"
-COMMANDS = ["data synth", "train", "eval", "predict", "config", "bench", "tables"]
+COMMANDS = ["data synth", "train", "eval", "predict", "config", "bench", "weights import",
+            "tables"]
 
 
 def _adjax(*args: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:

@@ -61,6 +61,15 @@ def test_autoencoder_parameter_count():
     assert _count(Autoencoder()) == AUTOENCODER
 
 
+def test_autoencoder_keeps_the_reference_bottleneck_kernel_at_other_sizes():
+    # The reference's last encoder conv has an 8x8 kernel at every size: a 3x3 bottleneck at
+    # 320 px and the same 1,096,320 parameters; bottleneck_1x1 widens the kernel to H/32.
+    image = jax.ShapeDtypeStruct((1, 320, 320, 3), jnp.float32)
+    assert _count(Autoencoder(), image) == AUTOENCODER
+    assert _count(Autoencoder(bottleneck_1x1=True), image) == 1_243_776
+    assert _output_shape(Autoencoder(), image) == (1, 72, 72, 384)
+
+
 @pytest.mark.parametrize(("size", "total"), [("s", 8_057_856), ("m", 20_738_432)])
 def test_efficientad_total_parameter_count(size, total):
     nets = (PDN(size=size, out_channels=384), PDN(size=size, out_channels=768), Autoencoder())
@@ -114,10 +123,12 @@ def test_padded_autoencoder_matches_padded_pdn():
     assert _output_shape(Autoencoder(padding=True)) == (1, 64, 64, 384)
 
 
-@pytest.mark.parametrize("shape", [(1, 96, 96, 3), (1, 144, 144, 3), (1, 128, 64, 3)])
-def test_autoencoder_rejects_small_sides_not_divisible_by_32_or_not_square(shape):
-    with pytest.raises(ValueError, match="at least 128 and divisible by 32"):
-        _abstract_params(Autoencoder(), jax.ShapeDtypeStruct(shape, jnp.float32))
+@pytest.mark.parametrize("shape, kwargs", [
+    ((1, 96, 96, 3), dict(bottleneck_1x1=True)), ((1, 144, 144, 3), dict(bottleneck_1x1=True)),
+    ((1, 128, 64, 3), dict(bottleneck_1x1=True)), ((1, 224, 224, 3), dict())])
+def test_autoencoder_rejects_small_sides_not_divisible_by_32_or_not_square(shape, kwargs):
+    with pytest.raises(ValueError, match="divisible by 32 and of at least"):
+        _abstract_params(Autoencoder(**kwargs), jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
 # ---------------------------------------------------------------- resize_bilinear
@@ -252,7 +263,7 @@ def small_autoencoder():
     """A tiny autoencoder at 128 px (the smallest side whose decoder starts above 0x0), with
     params shared by the dropout and no-dropout variants (dropout adds no parameters)."""
     image = jax.random.uniform(jax.random.key(1, impl="rbg"), (1, 128, 128, 3))
-    kwargs = dict(out_channels=8, width=0.125)
+    kwargs = dict(out_channels=8, width=0.125, bottleneck_1x1=True)
     params = jax.jit(Autoencoder(**kwargs).init)(FAST_KEY, image)
     return kwargs, params, image
 

@@ -1,7 +1,8 @@
 """The splits a run uses, from its `config.data` block: train, validation and test.
 
 Every layout is a `Source` in `SOURCES`: the image-folder layouts of `adjax.data.layouts`
-(MVTec AD, MPDD, BTAD, VisA, a plain folder) and the labelled sets of `adjax.data.labelled`.
+(MVTec AD, MPDD, BTAD, VisA, a plain folder), Real-IAD's JSON split files
+(`adjax.data.real_iad`) and the labelled sets of `adjax.data.labelled`.
 `config.data.root = "embedded"` names the embedded synthetic data set, written to the cache on
 first use.
 """
@@ -11,11 +12,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 import ml_collections
+import numpy as np
 
 from adjax.config import EMBEDDED
-from adjax.data import labelled, synthetic
-from adjax.data.layouts import LAYOUTS, DataError, list_samples
-from adjax.data.loading import Split, cache_dir, load_split, split_validation
+from adjax.data import labelled, real_iad, synthetic
+from adjax.data.layouts import LAYOUTS, DataError, Sample, list_samples
+from adjax.data.loading import Split, cache_dir, load_split, original_mask, split_validation
 
 Log = Callable[[str], None]
 
@@ -26,6 +28,8 @@ class Source(Protocol):
     def train_and_validation(self, cfg: ml_collections.ConfigDict, seed: int,
                              log: Log | None) -> tuple[Split, Split]: ...
     def test(self, cfg: ml_collections.ConfigDict, log: Log | None) -> Split | None: ...
+    def test_samples(self, cfg: ml_collections.ConfigDict,
+                     log: Log | None) -> list[Sample] | None: ...
     def name(self, cfg: ml_collections.ConfigDict) -> str: ...
 
 
@@ -42,9 +46,16 @@ def root(cfg: ml_collections.ConfigDict, log: Log | None = None) -> pathlib.Path
 class ImageFolders:
     """The folder layouts: decoded once into the cache, then read from it."""
 
+    def samples(self, cfg, split: str, log: Log | None) -> list[Sample]:
+        """The files of one split, from the folder layout."""
+        return list_samples(cfg.layout, root(cfg, log), cfg.category or None, split)
+
     def _load(self, cfg, split: str, log: Log | None) -> Split:
-        samples = list_samples(cfg.layout, root(cfg, log), cfg.category or None, split)
-        return load_split(samples, cfg.image_size, cache_dir(cfg.cache_dir), log=log)
+        return load_split(self.samples(cfg, split, log), cfg.image_size,
+                          cache_dir(cfg.cache_dir), log=log)
+
+    def test_samples(self, cfg, log):
+        return None if cfg.layout == "folder" else self.samples(cfg, "test", log)
 
     def train_and_validation(self, cfg, seed, log):
         return split_validation(self._load(cfg, "train", log), cfg.val_fraction, seed)
@@ -60,6 +71,21 @@ class ImageFolders:
         return cfg.layout
 
 
+class RealIAD(ImageFolders):
+    """Real-IAD's folders and JSON split files (`adjax.data.real_iad`)."""
+
+    def samples(self, cfg, split, log):
+        found = real_iad.list_samples(root(cfg, log), cfg.category, split,
+                                      cfg.real_iad.json, cfg.real_iad.images)
+        if log is not None:
+            log(f"adjax: Real-IAD {cfg.category} ({cfg.real_iad.json}) {split}: "
+                f"{real_iad.counts(found)}")
+        return found
+
+    def name(self, cfg):
+        return cfg.name or "real_iad"
+
+
 class Labelled:
     """The one-class and imbalanced protocols over labelled sets (`adjax.data.labelled`)."""
 
@@ -69,12 +95,15 @@ class Labelled:
     def test(self, cfg, log):
         return labelled.test(cfg)
 
+    def test_samples(self, cfg, log):
+        return None  # decoded from data-set files: no masks on disk
+
     def name(self, cfg):
         return labelled.canonical_name(cfg.name)
 
 
 SOURCES: dict[str, Source] = {**{layout: ImageFolders() for layout in LAYOUTS},
-                              "labelled": Labelled()}
+                              "real_iad": RealIAD(), "labelled": Labelled()}
 
 
 def _source(cfg: ml_collections.ConfigDict) -> Source:
@@ -118,6 +147,16 @@ def categories(cfg: ml_collections.ConfigDict) -> list[str]:
     if not folder.is_dir():
         raise DataError(f"data root folder {folder} does not exist")
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def original_masks(cfg: ml_collections.ConfigDict, log: Log | None = None) -> list[np.ndarray]:
+    """The test split's ground truth at each image's own size ({0, 1} uint8 [H_i, W_i]; zeros
+    for normal images), in the order of `test(cfg)`."""
+    samples = _source(cfg).test_samples(cfg, log)
+    if samples is None:
+        raise DataError(f"the {cfg.layout!r} layout has no ground-truth files at their original "
+                        f"size; evaluate it with config.eval.original_size=false.")
+    return [original_mask(s) for s in samples]
 
 
 def dataset_name(cfg: ml_collections.ConfigDict) -> str:

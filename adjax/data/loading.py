@@ -189,6 +189,20 @@ def load_folder(
 # ----------------------------------------------------------------------------- decoding
 
 
+def original_mask(sample: Sample) -> np.ndarray:
+    """{0, 1} uint8 [H, W] ground truth of `sample` at its image's own size (zeros for a
+    normal image: only the image's header is read)."""
+    if sample.mask is None:
+        try:
+            with Image.open(sample.image) as img:
+                width, height = img.size
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"could not read image {sample.image}: {exc}") from exc
+        return np.zeros((height, width), np.uint8)
+    with _open(sample.mask, "mask") as m:
+        return _mask_nonzero(m).astype(np.uint8)
+
+
 def _load_sample(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Decodes one sample into an RGB image [S, S, 3] and a {0, 1} mask [S, S]."""
     with _open(sample.image, "image") as img:

@@ -21,13 +21,18 @@ As the trainer (`adjax.train`) and the evaluator (`adjax.evaluate`) use it:
 - `predict(state, images) -> Prediction`: anomaly maps at input size and image scores; jitted.
 - `extra_pools() -> dict[str, np.ndarray]`: further uint8 image sets the trainer keeps on the
   device and samples `batch[name]` from at each step (e.g. penalty images); usually empty.
+- `host_stream(start_step) -> Iterator[dict[str, np.ndarray]] | None`: batches of data too
+  large for the device (ImageNet), read on the host for steps `start_step`, ... and merged into
+  `batch`; deterministic in the step, so that a resumed run reads on where it stopped. None (the
+  default) for the device-resident methods. A method whose data all stream sets
+  `trains_on_splits = False`: the trainer then loads no split and does not calibrate.
 - `describe(state) -> dict`: what a results record says about the run: `params` (a count per
   net, {name: int}) and facts such as the weights used ({key: str}), stored in its notes.
 
 `State` derives from `adjax.methods.base.TrainState` (`step`, `params`, `opt_state`).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import flax.struct
@@ -47,6 +52,7 @@ class Method(Protocol):
     """The contract every method implements (see the module docstring)."""
 
     config: ml_collections.ConfigDict
+    trains_on_splits: bool
 
     def pretrained(self) -> Any: ...
     def init(self, rng: jax.Array, train: dict[str, jax.Array], weights: Any = None) -> Any: ...
@@ -55,6 +61,7 @@ class Method(Protocol):
                    rng: jax.Array) -> tuple[Any, dict[str, jax.Array]]: ...
     def predict(self, state: Any, images: jax.Array) -> Prediction: ...
     def extra_pools(self) -> dict[str, np.ndarray]: ...
+    def host_stream(self, start_step: int) -> Iterator[dict[str, np.ndarray]] | None: ...
     def describe(self, state: Any) -> dict[str, Any]: ...
 
 
@@ -62,6 +69,12 @@ def _efficientad(config):
     from adjax.methods.efficientad import EfficientAD
 
     return EfficientAD(config)
+
+
+def _efficientad_distill(config):
+    from adjax.methods.efficientad_distill import EfficientADDistill
+
+    return EfficientADDistill(config)
 
 
 def _capsnet(config):
@@ -90,6 +103,7 @@ def _vtadl(config):
 
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "efficientad": _efficientad,
+    "efficientad_distill": _efficientad_distill,
     "capsnet": _capsnet,
     "piade": _piade,
     "pyramidal_ae": _pyramidal_ae,

@@ -18,8 +18,8 @@ that adds the method's own fields (frozen nets, statistics, BatchNorm averages):
 """
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import flax.struct
 import jax
@@ -79,6 +79,9 @@ class MethodBase:
     """Defaults shared by the methods; see `adjax.methods` for the contract they implement."""
 
     config: ml_collections.ConfigDict
+    # False for a method whose data all stream from the host (`host_stream`): the trainer then
+    # loads no training, validation or test split and does not calibrate.
+    trains_on_splits: ClassVar[bool] = True
 
     @property
     def tx(self) -> optax.GradientTransformation:
@@ -111,6 +114,13 @@ class MethodBase:
     def extra_pools(self) -> dict[str, np.ndarray]:
         """Further image sets kept on the device; none by default."""
         return {}
+
+    def host_stream(self, start_step: int) -> Iterator[dict[str, np.ndarray]] | None:
+        """Batches of data too large for the device, read on the host, for steps
+        `start_step`, `start_step + 1`, ... (deterministic in the step, for resuming); an
+        iterator with `close()`. None (the default): no stream."""
+        del start_step
+        return None
 
     def param_groups(self, state: TrainState) -> dict[str, Any]:
         """The nets whose parameters a record counts, by name (default: the top-level entries

@@ -35,6 +35,7 @@ class Autoencoder(nn.Module):
       width: multiplies the hidden widths (1.0 is the reference).
       dropout: rate after each 4x4 decoder convolution (0.0 reference code, 0.2 paper).
       padding: match a padded PDN's output size.
+      bottleneck_1x1: last encoder kernel H/32 instead of the reference's 8 (see above).
       dtype: computation dtype.
     """
 
@@ -42,20 +43,25 @@ class Autoencoder(nn.Module):
     width: float = 1.0
     dropout: float = 0.0
     padding: bool = False
+    bottleneck_1x1: bool = False
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         image_size = x.shape[1]
-        if image_size % 32 or image_size < 128 or x.shape[2] != image_size:
+        kernel = image_size // 32 if self.bottleneck_1x1 else 8
+        # 128: the decoder's first size (H/64 - 1) must be at least 1.
+        least = max(128, 32 * kernel)
+        if image_size % 32 or image_size < least or x.shape[2] != image_size:
             raise ValueError(
-                f"the EfficientAD autoencoder needs square inputs with a side of at least 128 "
-                f"and divisible by 32, got {x.shape[1]}x{x.shape[2]}."
+                f"the EfficientAD autoencoder needs square inputs with a side divisible by 32 "
+                f"and of at least {least} (128 with bottleneck_1x1), got "
+                f"{x.shape[1]}x{x.shape[2]}."
             )
         c32, c64 = max(1, round(32 * self.width)), max(1, round(64 * self.width))
         for features in (c32, c32, c64, c64, c64):
             x = nn.relu(Conv2d(features, 4, stride=2, padding=1, dtype=self.dtype)(x))
-        x = Conv2d(c64, image_size // 32, dtype=self.dtype)(x)  # the 64-d bottleneck
+        x = Conv2d(c64, kernel, dtype=self.dtype)(x)  # the 64-d bottleneck
         *upsampled, final = decoder_sizes(image_size, self.padding)
         for size in upsampled:
             x = resize_bilinear(x, size)

@@ -162,3 +162,13 @@ def nchw_view(x: jax.Array, side: int) -> jax.Array:
     if flat.shape[1] % (side * side):
         raise ValueError(f"{flat.shape[1]} features do not make {side}x{side} maps.")
     return jnp.transpose(flat.reshape(x.shape[0], -1, side, side), (0, 2, 3, 1))
+
+
+def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_in, n_out] averaging weights of PyTorch's `adaptive_avg_pool1d(n_out)`: output bin i
+    averages inputs [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))."""
+    m = np.zeros((n_in, n_out), np.float32)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[lo:hi, i] = 1.0 / (hi - lo)
+    return m

@@ -1,9 +1,10 @@
-"""VGG feature extractor: the perceptual loss's frozen net.
+"""VGG feature extractor: the perceptual loss's frozen net, and torchvision's VGG-16/19 trunks.
 
 `VGGFeatures(depth)` computes torchvision's `vgg11().features[:depth]`; the seed-003 thesis's
-perceptual loss uses `depth=4` (conv 64, ReLU, max-pool, conv 128). Its parameters are named
-after torchvision's layer indices (`features_0`, `features_3`, ...), so a torchvision state
-dict maps onto them one to one.
+perceptual loss uses `depth=4` (conv 64, ReLU, max-pool, conv 128). `config=VGG16` or `VGG19`
+with `depth=feature_depth(config)` is the whole `vgg16().features` / `vgg19().features`. Its
+parameters are named after torchvision's layer indices (`features_0`, `features_3`, ...), so a
+torchvision state dict maps onto them one to one.
 
 Weights: `adjax.weights.vgg_from_torch` maps a torchvision VGG state dict onto it.
 """
@@ -15,6 +16,10 @@ import jax
 
 # torchvision's configuration "A" (VGG-11): channels of each 3x3 conv, "M" a 2x2 max-pool.
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+# Configurations "D" (VGG-16) and "E" (VGG-19).
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M")
 
 
 def _layers(config: Sequence[int | str]) -> list[tuple[int, str, int]]:
@@ -28,6 +33,11 @@ def _layers(config: Sequence[int | str]) -> list[tuple[int, str, int]]:
             out += [(i, "conv", int(v)), (i + 1, "relu", 0)]
             i += 2
     return out
+
+
+def feature_depth(config: Sequence[int | str]) -> int:
+    """The length of torchvision's `features` for `config` (all its layers)."""
+    return len(_layers(config))
 
 
 class VGGFeatures(nn.Module):

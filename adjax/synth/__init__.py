@@ -1,0 +1,1 @@
+"""On-device synthetic anomalies, vmapped inside the compiled training step."""
