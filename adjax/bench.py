@@ -485,7 +485,8 @@ class _Adjax:
         return self._work
 
     def environment(self) -> dict[str, Any]:
-        return results.environment()
+        # XLA_FLAGS change what XLA:CPU runs (adjax.xla); a record says which were set.
+        return results.environment() | {"xla_flags": os.environ.get("XLA_FLAGS", "")}
 
     def fields(self) -> dict[str, Any]:
         stats = self.device.memory_stats() or {}

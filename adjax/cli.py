@@ -101,6 +101,9 @@ def _eval() -> None:
 
 
 def _bench() -> None:
+    from adjax import xla
+
+    xla.configure()  # before JAX starts its backends: the CPU flags adjax's timings rely on
     from adjax import bench
 
     peer = None

@@ -119,6 +119,7 @@ def test_records_are_written_atomically_and_validate(benched):
         assert record["image_size"] == 128
     for record in _ours(records):
         assert record["env"]["platform"] == "cpu" and record["env"]["device_count"] == 4
+        assert isinstance(record["env"]["xla_flags"], str)
 
 
 def test_rates_and_latencies_are_sensible(benched):
