@@ -201,12 +201,14 @@ def interleave(subjects: Sequence[Timed], *, batch_sizes: Sequence[int], rounds:
     for k, order in enumerate(schedule(rounds, len(subjects))):
         for i in order:
             s, t = subjects[i], timings[i]
-            log(f"adjax bench: round {k + 1}/{rounds}, {s.source}: training ({repeats} call(s) "
-                f"of {s.train_steps} step(s)), latency ({latency_runs} round trips), "
-                f"batch {', '.join(map(str, batch_sizes))}")
+            where = f"adjax bench: round {k + 1}/{rounds}, {s.source}: timing"
+            log(f"{where} training ({repeats} call(s) of {s.train_steps} step(s))")
             t["train"].append(statistics.median(each(s.train, repeats)) / s.train_steps)
+            log(f"{where} latency ({latency_runs} batch-1 round trips)")
             t["latency"].append(each(s.round_trip, latency_runs))
             for b in batch_sizes:
+                log(f"{where} inference at batch {b} ({repeats} blocked + {repeats} pipelined "
+                    f"call(s))")
                 t["infer"][b].append(each(lambda b=b, s=s: s.infer(b), repeats))
                 start = clock()
                 s.wait([s.dispatch(b) for _ in range(repeats)])

@@ -87,6 +87,7 @@ def benched(tmp_path_factory):
     """One run over both precisions beside the fake peer; the records and their folder."""
     out = tmp_path_factory.mktemp("bench")
     config = _tiny_config()
+    lines = []
     # XLA's optimisation passes dominate the time here; the records do not depend on them.
     previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
@@ -94,10 +95,10 @@ def benched(tmp_path_factory):
         records = bench.run(config, batch_sizes=BATCH_SIZES, precisions=("fp32", "bf16"),
                             rounds=2, repeats=2, warmup=1, latency_runs=3,
                             results_dir=str(out), peer=FakePeer(), command=COMMAND,
-                            log=lambda _: None)
+                            log=lines.append)
     finally:
         jax.config.update("jax_disable_most_optimizations", previous)
-    return config, records, out
+    return config, records, out, lines
 
 
 def _ours(records):
@@ -105,7 +106,7 @@ def _ours(records):
 
 
 def test_records_are_written_atomically_and_validate(benched):
-    _, records, out = benched
+    _, records, out, _ = benched
     assert [(r["source"], r["bench"]["precision"]) for r in records] == [
         ("adjax", "fp32"), ("fake 1.0", "fp32"), ("adjax", "bf16"), ("fake 1.0", "bf16")]
     files = sorted(out.iterdir())
@@ -146,7 +147,7 @@ def test_rates_and_latencies_are_sensible(benched):
 
 
 def test_params_flops_and_precision(benched):
-    config, records, _ = benched
+    config, records, *_ = benched
     method = methods.build(config)
     x = jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32)
     nets = (method.teacher_net, method.student_net, method.autoencoder_net)
@@ -169,7 +170,7 @@ def test_params_flops_and_precision(benched):
 def test_adjax_does_the_peers_work(benched):
     """The fake peer, like anomalib, always runs a penalty batch: adjax's config has no penalty
     folder, so bench adds a random penalty pool, and both records say which work was timed."""
-    config, records, _ = benched
+    config, records, *_ = benched
     assert not config.loss.penalty_dir
     for ours, theirs in zip(records[::2], records[1::2], strict=True):
         work = ours["bench"]["work"]
@@ -196,6 +197,19 @@ def test_records_carry_provenance_and_the_ratios(benched):
         assert set(b["peer_ratio_infer_by_batch"]) == {"1", "2"}
     # Both records of a precision carry the same ratios.
     assert benched[1][0]["bench"]["peer_ratio_train"] == benched[1][1]["bench"]["peer_ratio_train"]
+
+
+def test_says_what_it_is_doing_before_each_long_phase(benched):
+    lines = benched[3]
+    phases = ["initialising the method", "compiling the training chunk",
+              "compiling predict at batch 1", "compiling predict at batch 2",
+              "warm-up of adjax", "warm-up of fake 1.0", "round 1/2, adjax: timing training",
+              "round 1/2, adjax: timing latency", "round 1/2, adjax: timing inference at batch 1",
+              "round 1/2, adjax: timing inference at batch 2",
+              "round 1/2, fake 1.0: timing training", "round 2/2, fake 1.0: timing training",
+              "round 2/2, adjax: timing training", "wrote"]
+    at = [next(i for i, line in enumerate(lines) if phase in line) for phase in phases]
+    assert at == sorted(at), lines
 
 
 def test_format_summary(benched):
