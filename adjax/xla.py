@@ -2,11 +2,13 @@
 
 XLA:CPU in jaxlib 0.10 hands convolutions, and chains of convolution, bias, ReLU and pooling, to
 YNNPACK library fusions ("__ynn_fusion"). On the 2-core AMD EPYC (Zen 4, AVX-512) these ran
-3-6x slower than XLA's own convolution thunks for EfficientAD's layers (the 256->384 4x4
-convolution on 59x59 at batch 1: 630 ms against 110 ms), and one EfficientAD-S training step
-took 13.8 s against 2.3 s without them (256 px, batch 1, float32). `CPU_FLAGS` keeps YNNPACK for
-single matrix products only (`individual_dot`, the fusion type XLA enables by default besides
-the convolution, elementwise and reduction ones).
+3-6x slower than XLA's own convolution thunks for EfficientAD's layers (the 256->768 4x4
+convolution on 59x59 at batch 1: 630 ms against 110 ms), one EfficientAD-S training step took
+13.8 s against 5.1 s without them (256 px, batch 1, float32, same machine load), and the teacher
+statistics of EfficientAD's init (a lax.map of teacher forwards) took 1.8 s for 4 images with
+the flags, and had not finished after 10 minutes without them (on a busier machine).
+`CPU_FLAGS` keeps YNNPACK for single matrix products only (`individual_dot`, one of the fusion
+types XLA enables by default).
 
 XLA_FLAGS is read once, when the first backend starts; an unknown flag there aborts the
 process, so the flags are added only for the jaxlib versions they were checked on
