@@ -1,51 +1,73 @@
-"""The timing protocol: how fast a config's method trains and predicts, as a `bench` record.
+"""The timing protocol: how fast a config's method trains and predicts, as `bench` records.
 
   adjax bench --config=configs/efficientad.py:s --batch_sizes=1,16,64,256 \
-      --precision=fp32,bf16 --results_dir=results/bench
+      --precision=fp32,bf16 --results_dir=results/bench [--peer=anomalib]
 
 No data set is needed: the images are random uint8 arrays of the config's size, made once and
-kept on the device (the same array for every timed call). Every clock is read after
-`jax.block_until_ready`; compilation is timed apart (lowering and XLA compilation separately)
-and never inside a timed call, and warm-up calls come before timed ones.
+kept on the device (the same array for every timed call). Every clock is read after the work is
+done (`jax.block_until_ready`; a peer synchronises its own device); compilation is timed apart
+(lowering and XLA compilation separately) and never inside a timed call, and warm-up calls come
+before timed ones.
 
 Measured, for each precision:
 
-- training: the trainer's own compiled chunk (`adjax.train.make_chunk`, `steps_per_call` steps
-  per call) on the trainer's mesh, median over `repeats` calls;
+- training: the trainer's own compiled chunk (`adjax.runtime.make_chunk`, `steps_per_call`
+  steps per call) on the trainer's mesh;
 - latency at batch 1 as the MVTec AD 2 protocol: a uint8 image on the host -> `device_put` ->
-  jitted `predict` -> anomaly map and score back on the host as numpy, `latency_runs` times;
-- throughput on one device at each batch size, data and outputs left on the device: the median
-  of single blocked calls, and a pipelined figure (`repeats` calls dispatched, then one wait);
+  jitted `predict` -> anomaly map and score back on the host as numpy;
+- throughput on one device at each batch size, data and outputs left on the device: single
+  blocked calls, and a pipelined figure (`repeats` calls dispatched, then one wait);
 - parameters, analytic FLOPs per image (`adjax.flops`), achieved TFLOP/s and its share of the
   device's datasheet peak, peak device memory where the runtime reports it.
+
+Rounds: every measurement is taken in `rounds` rounds. With a peer (`adjax.peers`), each round
+times adjax and then the peer, or the peer and then adjax (the order alternates from round to
+round), so both sides see the same drift of a shared machine; each side's figures are taken over
+all rounds, and each round gives one ratio peer/adjax (seconds for the same work; above 1 adjax
+is faster) whose median and spread the records carry. The machine's load average is recorded at
+the start and the end.
+
+Equal work: a peer says which pools adjax must add to do its work (anomalib's training step
+always runs its ImageNet-penalty batch, so adjax then draws a penalty batch from random images);
+both records carry a `work` dict (what one timed training step does, precision, batch, image
+size), and a run whose two `work` dicts disagree on what changes the amount of work stops.
 
 `fp32` means float32 activations *and* float32 matmul/conv precision (no TF32 on NVIDIA GPUs);
 `bf16` means bfloat16 activations with float32 parameters (`config.model.dtype`), the float32
 remainder (losses, map normalisation) again at full float32 precision.
-`run_peer` times anomalib's PyTorch EfficientAD under the same protocol.
 """
 
 import copy
+import datetime
+import os
+import pathlib
 import platform
 import re
+import shlex
+import socket
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adjax import methods, results
-from adjax import train as trainer
+from adjax import methods, results, runtime
 from adjax.flops import count_flops
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
-# Random training images kept on the device; the method's init takes statistics over them.
+# Random training images kept on the device (the pool each step draws its batch from).
 _POOL_IMAGES = 8
+# The `work` keys that change how much a training step computes: two sides timed against each
+# other must agree on them. The teacher's weights (random or a file) and the wording of
+# `train_step` are recorded but change no operation count.
+WORK_KEYS = ("precision", "tf32", "batch", "image_size", "penalty", "ae_dropout")
 
 # Peak dense (no sparsity) TFLOP/s per chip, from the vendors' datasheets: NVIDIA H100 Tensor
 # Core GPU (SXM column), NVIDIA H200 (same compute as H100 SXM), NVIDIA A100 (SXM and PCIe list
@@ -74,41 +96,153 @@ def peak_tflops(device_kind: str, precision: str, tf32: bool = False) -> float |
     return None
 
 
-# -- the protocol, shared by adjax and its peers -----------------------------------------------
+# -- where, when and by which command ----------------------------------------------------------
 
 
-def _timed(call: Callable[[], Any], warmup: int, runs: int) -> list[float]:
-    """Seconds per call of `call` after `warmup` untimed calls; `call` must return only once its
-    work is done (blocked or synchronised)."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+def cpu_model() -> str:
+    """The host CPU's model name (/proc/cpuinfo's "model name"; elsewhere the platform's word)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
-def _pipelined(dispatch: Callable[[], Any], wait: Callable[[list[Any]], Any], runs: int) -> float:
-    """Seconds per call when `runs` calls are dispatched back to back and waited for once."""
-    start = time.perf_counter()
-    wait([dispatch() for _ in range(runs)])
-    return (time.perf_counter() - start) / runs
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """Host, CPU model and the command line that made a record (default: this process's)."""
+    return {"host": socket.gethostname(), "cpu_model": cpu_model(),
+            "command": command if command is not None else shlex.join(sys.argv)}
 
 
-def _inference_fields(latencies: list[float], per_call: dict[int, list[float]],
-                      pipelined: dict[int, float], flops_per_image: int | None,
-                      peak: float | None) -> dict[str, Any]:
-    rates = {b: b / statistics.median(times) for b, times in per_call.items()}
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def default_results_dir(config: ml_collections.ConfigDict,
+                        now: datetime.datetime | None = None) -> str:
+    """`runs/bench/<method>-<variant>-<UTC time>`: a trial run's folder, never the committed
+    `results/bench/` (which feeds the README's speed table)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    name = "-".join(p for p in (config.method, config.get("variant", "")) if p)
+    return str(pathlib.Path("runs", "bench", f"{name}-{now:%Y%m%dT%H%M%SZ}"))
+
+
+# -- what is timed: the interface shared by adjax and its peers --------------------------------
+
+
+class Timed(Protocol):
+    """One implementation under the clock, built and warm-up-free; every call returns only once
+    its work is done, except `dispatch` (for the pipelined figure, waited for by `wait`)."""
+
+    source: str        # "adjax", or the peer and its version ("anomalib 2.7.0")
+    train_steps: int   # training steps per `train()` call
+
+    def train(self) -> None: ...
+    def infer(self, batch: int) -> None: ...            # device-resident images, blocked
+    def dispatch(self, batch: int) -> Any: ...
+    def wait(self, outputs: list[Any]) -> None: ...
+    def round_trip(self) -> None: ...                   # batch 1: host -> device -> host
+    def fields(self) -> dict[str, Any]: ...             # untimed facts (params, compile, memory)
+    def work(self) -> dict[str, Any]: ...               # what one training step does (WORK_KEYS)
+    def environment(self) -> dict[str, Any]: ...        # platform, device kind, versions
+
+
+class Peer(Protocol):
+    """A peer implementation of a method, timed beside adjax (see `adjax.peers`)."""
+
+    name: str
+    differences: tuple[str, ...]   # documented differences from adjax, for the records' notes
+
+    def adjax_pools(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        """Pools adjax must add (random images) so that its step does the peer's work."""
+        ...
+
+    def build(self, config: ml_collections.ConfigDict, *, precision: str,
+              batch_sizes: Sequence[int], train_steps: int,
+              log: Callable[[str], None]) -> Timed: ...
+
+
+def schedule(rounds: int, sides: int) -> list[list[int]]:
+    """The order of the sides in each round: as given in even rounds, reversed in odd ones."""
+    return [list(range(sides))[::-1 if k % 2 else 1] for k in range(rounds)]
+
+
+def interleave(subjects: Sequence[Timed], *, batch_sizes: Sequence[int], rounds: int,
+               repeats: int, warmup: int, latency_runs: int,
+               clock: Callable[[], float] = time.perf_counter,
+               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Times every subject in `rounds` alternating rounds (`schedule`), after `warmup` untimed
+    calls of every kind; per subject, the seconds of each round:
+
+    `train` [round] seconds per step (median of `repeats` calls); `latency` [round][run];
+    `infer` {batch: [round][call]}; `pipelined` {batch: [round]} seconds per call.
+    """
+    timings = [{"train": [], "latency": [], "infer": {b: [] for b in batch_sizes},
+                "pipelined": {b: [] for b in batch_sizes}} for _ in subjects]
+    for s in subjects:
+        log(f"adjax bench: warm-up of {s.source} ({warmup} untimed call(s) of each kind)")
+        for _ in range(warmup):
+            s.train()
+            s.round_trip()
+            for b in batch_sizes:
+                s.infer(b)
+
+    def each(call: Callable[[], Any], n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            start = clock()
+            call()
+            times.append(clock() - start)
+        return times
+
+    for k, order in enumerate(schedule(rounds, len(subjects))):
+        for i in order:
+            s, t = subjects[i], timings[i]
+            where = f"adjax bench: round {k + 1}/{rounds}, {s.source}: timing"
+            log(f"{where} training ({repeats} call(s) of {s.train_steps} step(s))")
+            t["train"].append(statistics.median(each(s.train, repeats)) / s.train_steps)
+            log(f"{where} latency ({latency_runs} batch-1 round trips)")
+            t["latency"].append(each(s.round_trip, latency_runs))
+            for b in batch_sizes:
+                log(f"{where} inference at batch {b} ({repeats} blocked + {repeats} pipelined "
+                    f"call(s))")
+                t["infer"][b].append(each(lambda b=b, s=s: s.infer(b), repeats))
+                start = clock()
+                s.wait([s.dispatch(b) for _ in range(repeats)])
+                t["pipelined"][b].append((clock() - start) / repeats)
+    return timings
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """min, median and max of `values`."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def timing_fields(t: Mapping[str, Any], *, train_batch: int, train_steps: int,
+                  flops_per_image: int | None, peak: float | None) -> dict[str, Any]:
+    """The rate fields of a bench record from one subject's `interleave` timings."""
+    step_s = statistics.median(t["train"])
+    latencies = [x for r in t["latency"] for x in r]
+    per_call = {b: statistics.median([x for r in rs for x in r]) for b, rs in t["infer"].items()}
+    rates = {b: b / s for b, s in per_call.items()}
     best = max(rates, key=rates.get)
     achieved = (rates[best] * flops_per_image / 1e12) if flops_per_image else None
     return {
+        "train_steps_per_s": 1.0 / step_s,
+        "train_images_per_s": train_batch / step_s,
+        "train_ms_per_step": {k: 1e3 * v for k, v in spread(t["train"]).items()},
+        "train_batch": train_batch, "train_chunk": train_steps,
         "latency_ms_b1": 1e3 * statistics.median(latencies),
         "latency_ms_b1_p90": 1e3 * float(np.percentile(latencies, 90)),
+        "latency_ms_b1_rounds": {k: 1e3 * v for k, v in
+                                 spread([statistics.median(r) for r in t["latency"]]).items()},
         "images_per_s": rates[best], "batch": best,
         "images_per_s_by_batch": {str(b): r for b, r in rates.items()},
-        "images_per_s_pipelined_by_batch": {str(b): b / t for b, t in pipelined.items()},
+        "images_per_s_pipelined_by_batch": {str(b): b / statistics.median(s)
+                                            for b, s in t["pipelined"].items()},
         "gflops_per_image": flops_per_image / 1e9 if flops_per_image else None,
         "achieved_tflop_per_s": achieved,
         "peak_tflop_per_s": peak,
@@ -116,15 +250,47 @@ def _inference_fields(latencies: list[float], per_call: dict[int, list[float]],
     }
 
 
-def _check_args(batch_sizes, precisions, repeats, warmup, latency_runs) -> None:
+def ratio_fields(adjax: Mapping[str, Any], peer: Mapping[str, Any],
+                 peer_source: str) -> dict[str, Any]:
+    """Round-by-round ratios peer/adjax of the seconds each side spent on the same work (above 1
+    adjax is faster), with their median, min and max; the same fields go into both records."""
+
+    def ratios(a: Sequence[float], p: Sequence[float]) -> list[float]:
+        return [y / x for x, y in zip(a, p, strict=True)]
+
+    def by_round(rounds_of_runs):
+        return [statistics.median(r) for r in rounds_of_runs]
+
+    fields: dict[str, Any] = {"vs_peer": peer_source}
+    for name, a, p in (("train", adjax["train"], peer["train"]),
+                       ("latency", by_round(adjax["latency"]), by_round(peer["latency"]))):
+        r = ratios(a, p)
+        s = spread(r)
+        fields |= {f"peer_ratio_{name}": s["median"], f"peer_ratio_{name}_min": s["min"],
+                   f"peer_ratio_{name}_max": s["max"], f"peer_ratio_{name}_by_round": r}
+    fields["peer_ratio_infer_by_batch"] = {
+        str(b): spread(ratios(by_round(adjax["infer"][b]), by_round(peer["infer"][b])))
+        for b in adjax["infer"]}
+    return fields
+
+
+def check_same_work(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+    """Raises ValueError when two `work` dicts differ on a key that changes the work."""
+    differ = [f"{k}: {a.get(k)!r} against {b.get(k)!r}" for k in WORK_KEYS
+              if a.get(k) != b.get(k)]
+    if differ:
+        raise ValueError(f"the two sides would time different work ({'; '.join(differ)}).")
+
+
+def _check_args(batch_sizes, precisions, rounds, repeats, warmup, latency_runs) -> None:
     if not batch_sizes or any(int(b) != b or b < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}.")
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise ValueError(f"unknown precision {unknown[0] if unknown else '(none)'}; choose from "
                          f"{', '.join(PRECISIONS)}.")
-    if repeats < 1 or warmup < 1 or latency_runs < 1:
-        raise ValueError("repeats, warmup and latency_runs must be at least 1.")
+    if min(rounds, repeats, warmup, latency_runs) < 1:
+        raise ValueError("rounds, repeats, warmup and latency_runs must be at least 1.")
 
 
 # -- adjax -------------------------------------------------------------------------------------
@@ -132,16 +298,21 @@ def _check_args(batch_sizes, precisions, repeats, warmup, latency_runs) -> None:
 
 def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int] = (1, 16, 64),
         precisions: Sequence[str] = ("fp32",), train_chunk: int | None = None,
-        repeats: int = 10, warmup: int = 2, latency_runs: int = 100,
-        results_dir: str | None = None) -> list[dict[str, Any]]:
-    """Times `config`'s method and returns one `bench` record per precision (written to
-    `results_dir` when given).
+        rounds: int = 3, repeats: int = 5, warmup: int = 2, latency_runs: int = 30,
+        results_dir: str | None = None, peer: Peer | None = None, command: str | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Times `config`'s method (and `peer`'s implementation of it, interleaved) and returns the
+    `bench` records, per precision adjax's then the peer's (written to `results_dir` if given).
 
-    `train_chunk` overrides `config.train.steps_per_call` (steps per compiled training call);
-    `repeats` is the number of timed training chunks and timed inference calls per batch size,
-    `warmup` the untimed calls before them, `latency_runs` the timed batch-1 round trips.
+    `train_chunk` overrides `config.train.steps_per_call` (steps per compiled training call; a
+    peer runs as many steps per call); each of `rounds` rounds times `repeats` training calls,
+    `repeats` inference calls per batch size and `latency_runs` batch-1 round trips per side,
+    after `warmup` untimed calls of each kind. `command` is recorded as the command line that
+    produced the records (default: this process's).
     """
-    _check_args(batch_sizes, precisions, repeats, warmup, latency_runs)
+    _check_args(batch_sizes, precisions, rounds, repeats, warmup, latency_runs)
+    batch_sizes = sorted(set(batch_sizes))
     records = []
     for precision in precisions:
         cfg = copy.deepcopy(config)
@@ -149,29 +320,61 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int] = (1, 1
         cfg.model.dtype = PRECISIONS[precision]
         if train_chunk is not None:
             cfg.train.steps_per_call = train_chunk
-        print(f"adjax bench: {cfg.method}:{cfg.get('variant', '')} {precision}", flush=True)
-        # 'float32' keeps float32 matmuls and convolutions at full precision (no TF32).
+        log(f"adjax bench: {cfg.method}:{cfg.get('variant', '')} {precision}, "
+            f"{cfg.data.image_size} px, training batch {cfg.train.batch_size}")
+        load_start = load_average()
+        if load_start[0] > 0.5 and jax.devices()[0].platform == "cpu":
+            log(f"adjax bench: the machine's load is {load_start[0]}: CPU timings will be noisy.")
+        # 'float32' keeps float32 matmuls and convolutions at full precision (no TF32); tracing
+        # and every call stay inside it, or jit would compile again for the other setting.
         with jax.default_matmul_precision("float32"):
-            fields = _measure(cfg, sorted(set(batch_sizes)), repeats, warmup, latency_runs,
-                              precision)
-        record = results.make_record(
-            "bench", method=cfg.method, variant=cfg.get("variant", ""), dataset="random",
-            category="", image_size=cfg.data.image_size, metrics={}, config=cfg.to_dict(),
-            bench=fields, notes=_NOTES)
-        if results_dir is not None:
-            path = results.write(record, results_dir)
-            print(f"adjax bench: wrote {path}", flush=True)
-        records.append(record)
+            pools = peer.adjax_pools(cfg) if peer else ()
+            subjects = [_Adjax(cfg, precision, batch_sizes, pools, log)]
+            if peer:
+                subjects.append(peer.build(cfg, precision=precision, batch_sizes=batch_sizes,
+                                           train_steps=cfg.train.steps_per_call, log=log))
+                check_same_work(subjects[0].work(), subjects[1].work())
+            timings = interleave(subjects, batch_sizes=batch_sizes, rounds=rounds,
+                                 repeats=repeats, warmup=warmup, latency_runs=latency_runs,
+                                 clock=clock, log=log)
+        shared = {"rounds": rounds, "repeats": repeats, "warmup": warmup,
+                  "latency_runs": latency_runs, "load_avg_start": load_start,
+                  "load_avg_end": load_average()}
+        if peer:
+            shared |= ratio_fields(timings[0], timings[1], subjects[1].source)
+        flops = flops_per_image(cfg)
+        for subject, t in zip(subjects, timings, strict=True):
+            env = subject.environment() | provenance(command)
+            fields = {**timing_fields(t, train_batch=cfg.train.batch_size,
+                                      train_steps=subject.train_steps, flops_per_image=flops,
+                                      peak=peak_tflops(env["device_kind"], precision)),
+                      **subject.fields(), **shared, "work": subject.work()}
+            notes = dict(_NOTES)
+            if peer:
+                notes["differences_from_peer"] = list(peer.differences)
+            if subject.source != "adjax":
+                notes["flops"] = "analytic, of adjax's implementation of the same model"
+            record = results.make_record(
+                "bench", method=cfg.method, variant=cfg.get("variant", ""), dataset="random",
+                category="", image_size=cfg.data.image_size, metrics={}, config=cfg.to_dict(),
+                source=subject.source, env=env, bench=fields, notes=notes)
+            if results_dir is not None:
+                log(f"adjax bench: wrote {results.write(record, results_dir)}")
+            records.append(record)
     return records
 
 
 _NOTES = {
     "data": "random uint8 images of the config's size, on the device (no data set)",
-    "train": "the trainer's compiled chunk (make_chunk) on the trainer's mesh; rates are the "
-             "median over timed chunks, each waited for; compile excluded (lower_s, compile_s: "
-             "the chunk on accelerators, its jitted step on CPU)",
-    "latency": "batch 1, host uint8 -> device_put -> jitted predict -> map and score as numpy "
-               "on the host; median and 90th percentile",
+    "train": "adjax: the trainer's compiled chunk (runtime.make_chunk) on the trainer's mesh; "
+             "a peer: its training step, as many steps per call; seconds per step are the "
+             "median over a round's calls, rates the median over rounds; compile excluded "
+             "(lower_s, compile_s: the chunk on accelerators, its jitted step on CPU)",
+    "rounds": "each round times both sides one after the other, the order alternating from "
+              "round to round; peer_ratio_*: the peer's seconds over adjax's for the same work, "
+              "one per round (above 1 adjax is faster); load_avg_*: os.getloadavg()",
+    "latency": "batch 1, host uint8 -> device -> predict -> map and score as numpy on the "
+               "host; median and 90th percentile over every round's runs",
     "throughput": "one device, data and outputs on the device; images_per_s: median of single "
                   "blocked calls; pipelined: calls dispatched back to back, one wait",
     "flops": "analytic (adjax.flops): convolutions and matmuls, 2 per multiply-accumulate, of "
@@ -181,94 +384,135 @@ _NOTES = {
 }
 
 
-def _measure(cfg, batch_sizes, repeats, warmup, latency_runs, precision) -> dict[str, Any]:
-    method = methods.build(cfg)
-    size, tcfg = cfg.data.image_size, cfg.train
-    rng = np.random.default_rng(cfg.seed)
-    mesh = trainer.make_mesh(tcfg.batch_size)
-    replicated = NamedSharding(mesh, P())
-    n = max(tcfg.batch_size, _POOL_IMAGES)
-    train_split = _random_split(rng, n, size)
-    # The trainer's pools: the training split (normal images, label 0) and the extra pools.
-    pools = {"train": {k: trainer.put_global(v, replicated) for k, v in train_split.items()}}
-    pools |= {k: {k: trainer.put_global(v, replicated)} for k, v in method.extra_pools().items()}
-    k_init, k_train = jax.random.split(jax.random.key(cfg.seed))
-    state = jax.jit(method.init, out_shardings=replicated)(k_init, pools["train"])
-
-    state, train_fields = _time_training(method, cfg, state, pools, k_train, mesh, warmup, repeats)
-    state = jax.jit(method.calibrate)(state, {"image": pools["train"]["image"]})
-    device = jax.devices()[0]
-    state = jax.device_put(state, device)
-    predict = jax.jit(method.predict)
-
-    host = rng.integers(0, 256, (1, size, size, 3), np.uint8)
-
-    def round_trip():
-        out = predict(state, jax.device_put(host, device))
-        return np.asarray(out.anomaly_map), np.asarray(out.score)
-
-    per_call, pipelined, lower_s, compile_s = {}, {}, {}, {}
-    for b in batch_sizes:
-        images = jax.device_put(rng.integers(0, 256, (b, size, size, 3), np.uint8), device)
-        lower_s[str(b)], compile_s[str(b)], _ = _compile(predict, state, images)
-        per_call[b] = _timed(lambda x=images: jax.block_until_ready(predict(state, x)),
-                             warmup, repeats)
-        pipelined[b] = _pipelined(lambda x=images: predict(state, x), jax.block_until_ready,
-                                  repeats)
-    latencies = _timed(round_trip, warmup, latency_runs)
-
-    flops = flops_per_image(cfg)
-    params = method.describe(state)["params"]
-    stats = device.memory_stats() or {}
+def _efficientad_work(cfg: ml_collections.ConfigDict, pools: Sequence[str]) -> dict[str, Any]:
+    penalty = "penalty" in pools
     return {
-        **train_fields,
-        **_inference_fields(latencies, per_call, pipelined, flops,
-                            peak_tflops(device.device_kind, precision)),
-        "predict_lower_s": lower_s, "predict_compile_s": compile_s,
-        "peak_bytes": stats.get("peak_bytes_in_use"),
-        "params": sum(params.values()) if isinstance(params, dict) else int(params),
-        "params_by_net": params if isinstance(params, dict) else None,
-        "precision": precision, "tf32": False, "matmul_precision": "float32",
-        "inference_devices": 1, "repeats": repeats, "warmup": warmup,
-        "latency_runs": latency_runs,
-        # With a persistent compilation cache, compile_s may be a cache load.
-        "compilation_cache": bool(jax.config.jax_compilation_cache_dir
-                                  and getattr(jax.config, "jax_enable_compilation_cache", True)),
+        "penalty": penalty, "ae_dropout": float(cfg.model.ae_dropout),
+        "teacher": "file" if cfg.model.teacher_path else "random",
+        "train_step": "teacher (no gradient) on the image and its colour-jittered copy; student "
+                      "on both" + (" and on the penalty image" if penalty else "") +
+                      "; autoencoder on the jittered copy; hard student-teacher, autoencoder "
+                      "and student-autoencoder losses" + (" + penalty" if penalty else "") +
+                      "; gradients of student and autoencoder; Adam with L2 weight decay",
     }
 
 
+# Method-specific facts of the `work` dict (the keys of WORK_KEYS a method has).
+_METHOD_WORK: dict[str, Callable[[ml_collections.ConfigDict, Sequence[str]], dict[str, Any]]] = {
+    "efficientad": _efficientad_work,
+}
+
+
+def work_of(cfg: ml_collections.ConfigDict, precision: str,
+            pools: Mapping[str, str]) -> dict[str, Any]:
+    """What one timed adjax training step does; `pools` maps each pool the step draws a batch
+    from to where its images come from."""
+    facts = _METHOD_WORK.get(cfg.method, lambda *_: {})(cfg, tuple(pools))
+    return {"precision": precision, "tf32": False, "matmul_precision": "float32",
+            "batch": cfg.train.batch_size, "image_size": cfg.data.image_size,
+            "pools": dict(pools), **facts}
+
+
+class _Adjax:
+    """adjax's side: the trainer's chunk, and jitted predict on one device."""
+
+    source = "adjax"
+
+    def __init__(self, cfg, precision, batch_sizes, add_pools, log):
+        self.precision = precision
+        method = methods.build(cfg)
+        size, batch = cfg.data.image_size, cfg.train.batch_size
+        rng = np.random.default_rng(cfg.seed)
+        mesh = runtime.make_mesh(batch, log=log)
+        n = max(batch, _POOL_IMAGES)
+        train = _random_split(rng, n, size)
+        extra = method.extra_pools()
+        sources = {"train": "random uint8"} | {k: "images of the config" for k in extra}
+        for name in add_pools:
+            if name not in extra:  # the peer's work needs it; adjax's config has none
+                extra[name] = _random_split(rng, n, size)["image"]
+                sources[name] = "random uint8 (added by bench to match the peer's work)"
+        self.pools = runtime.place_pools(train, extra, mesh)
+        self._work = work_of(cfg, precision, sources)
+        k_init, self.key = jax.random.split(jax.random.key(cfg.seed))
+        # Statistics over the first training batch only: their values do not change the timing.
+        log("adjax bench: initialising the method")
+        first = {k: v[:batch] for k, v in self.pools["train"].items()}
+        state = jax.jit(method.init, out_shardings=NamedSharding(mesh, P()))(k_init, first)
+
+        log("adjax bench: compiling the training chunk")
+        self.train_steps = cfg.train.steps_per_call
+        self.chunk = runtime.make_chunk(method, cfg, NamedSharding(mesh, P("data")),
+                                        self.train_steps)
+        # `compiled` is what XLA compiles: the scanned chunk on accelerators, the one step that
+        # the CPU host loop calls (see runtime.make_chunk).
+        self.lower_s, self.compile_s, _ = _compile(self.chunk.compiled, state, self.pools,
+                                                   self.key)
+        self.device = jax.devices()[0]
+        calibrated = jax.jit(method.calibrate)(state, {"image": first["image"]})
+        # A copy: training donates its state, whose buffers calibrate's output may share.
+        self.predict_state = jax.device_put(jax.tree.map(jnp.array, calibrated), self.device)
+        self.state = state
+        self.predict = jax.jit(method.predict)
+        self.images, self.predict_lower_s, self.predict_compile_s = {}, {}, {}
+        for b in batch_sizes:
+            log(f"adjax bench: compiling predict at batch {b}")
+            self.images[b] = jax.device_put(rng.integers(0, 256, (b, size, size, 3), np.uint8),
+                                            self.device)
+            self.predict_lower_s[str(b)], self.predict_compile_s[str(b)], _ = _compile(
+                self.predict, self.predict_state, self.images[b])
+        self.host_image = rng.integers(0, 256, (1, size, size, 3), np.uint8)
+        params = method.describe(self.predict_state)["params"]
+        self.params = params if isinstance(params, dict) else {"all": int(params)}
+        self.train_devices = mesh.size
+
+    def train(self) -> None:
+        self.state, metrics = self.chunk(self.state, self.pools, self.key)
+        jax.block_until_ready((self.state, metrics))
+
+    def dispatch(self, batch: int) -> Any:
+        return self.predict(self.predict_state, self.images[batch])
+
+    def wait(self, outputs: list[Any]) -> None:
+        jax.block_until_ready(outputs)
+
+    def infer(self, batch: int) -> None:
+        self.wait(self.dispatch(batch))
+
+    def round_trip(self) -> None:
+        out = self.predict(self.predict_state, jax.device_put(self.host_image, self.device))
+        np.asarray(out.anomaly_map), np.asarray(out.score)
+
+    def work(self) -> dict[str, Any]:
+        return self._work
+
+    def environment(self) -> dict[str, Any]:
+        # XLA_FLAGS change what XLA:CPU runs (adjax.xla); a record says which were set.
+        return results.environment() | {"xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+    def fields(self) -> dict[str, Any]:
+        stats = self.device.memory_stats() or {}
+        return {
+            "train_devices": self.train_devices, "lower_s": self.lower_s,
+            "compile_s": self.compile_s, "predict_lower_s": self.predict_lower_s,
+            "predict_compile_s": self.predict_compile_s,
+            "peak_bytes": stats.get("peak_bytes_in_use"),
+            "params": sum(self.params.values()), "params_by_net": self.params,
+            "precision": self.precision, "tf32": False, "matmul_precision": "float32",
+            "inference_devices": 1,
+            # With a persistent compilation cache, compile_s may be a cache load.
+            "compilation_cache": bool(jax.config.jax_compilation_cache_dir and getattr(
+                jax.config, "jax_enable_compilation_cache", True)),
+        }
+
+
 def _compile(jitted, *args) -> tuple[float, float, Any]:
-    """Seconds to lower and to compile `jitted` for `args`, and the compiled executable. Later
-    calls of `jitted` with arguments of the same kind reuse the executable."""
+    """Seconds to lower and to compile `jitted` for `args`, and the compiled executable."""
     start = time.perf_counter()
     lowered = jitted.lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     return lowered_at - start, time.perf_counter() - lowered_at, compiled
-
-
-def _time_training(method, cfg, state, pools, key, mesh, warmup, repeats):
-    """Compiles and times the trainer's chunk; returns the trained state and the fields."""
-    tcfg = cfg.train
-    length = tcfg.steps_per_call
-    chunk = trainer.make_chunk(method, cfg, NamedSharding(mesh, P("data")), length)
-    # `compiled` is what XLA compiles: the scanned chunk on accelerators, the one step that the
-    # CPU host loop calls (see make_chunk).
-    lower_s, compile_s, _ = _compile(chunk.compiled, state, pools, key)
-
-    def call():
-        nonlocal state
-        state, metrics = chunk(state, pools, key)
-        jax.block_until_ready((state, metrics))
-
-    seconds = statistics.median(_timed(call, warmup, repeats))
-    steps_per_s = length / seconds
-    return state, {
-        "train_steps_per_s": steps_per_s,
-        "train_images_per_s": steps_per_s * tcfg.batch_size,
-        "train_batch": tcfg.batch_size, "train_chunk": length, "train_devices": mesh.size,
-        "lower_s": lower_s, "compile_s": compile_s,
-    }
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -285,10 +529,13 @@ def format_summary(record: dict[str, Any]) -> str:
     share = (f" = {b['peak_fraction']:.1%} of the {b['peak_tflop_per_s']:.4g} TFLOP/s peak"
              if b.get("peak_fraction") is not None else " (device peak unknown)")
     rates = "  ".join(f"b{k}: {v:.3g}/s" for k, v in b.get("images_per_s_by_batch", {}).items())
-    return "\n".join([
+    device = env.get("device_kind", "?")
+    if env.get("platform") == "cpu" and env.get("cpu_model"):
+        device = env["cpu_model"]
+    lines = [
         f"{record['method']}:{record['variant']}  {b.get('precision', '?')} "
         f"(TF32 {'on' if b.get('tf32') else 'off'})  {record['image_size']} px  on "
-        f"{env.get('device_count', '?')} x {env.get('device_kind', '?')}  [{record['source']}]",
+        f"{env.get('device_count', '?')} x {device}  [{record['source']}]",
         f"  train       {num('train_steps_per_s')} steps/s = {num('train_images_per_s')} "
         f"images/s (batch {b.get('train_batch')}, {b.get('train_chunk')} steps per call)",
         f"  latency b1  {num('latency_ms_b1')} ms median, {num('latency_ms_b1_p90')} ms p90 "
@@ -298,152 +545,15 @@ def format_summary(record: dict[str, Any]) -> str:
         f"GFLOP/image; {num('achieved_tflop_per_s')} TFLOP/s achieved{share}",
         f"  compile     train {num('lower_s')} s lower + {num('compile_s')} s compile; "
         f"peak memory {num('peak_bytes', scale=2**-30, unit=' GiB')}",
-    ])
-
-
-# -- peers -------------------------------------------------------------------------------------
-
-
-def run_peer(config: ml_collections.ConfigDict, *, peer: str = "anomalib",
-             batch_sizes: Sequence[int] = (1, 16, 64), precisions: Sequence[str] = ("fp32",),
-             repeats: int = 10, warmup: int = 2, latency_runs: int = 100,
-             results_dir: str | None = None) -> list[dict[str, Any]]:
-    """Times a peer implementation of `config`'s method under the same protocol as `run`;
-    one `bench` record per precision.
-
-    The only peer is anomalib's PyTorch EfficientAD (`EfficientAdModel`), on CUDA when PyTorch
-    sees a GPU: batch-1 latency host -> device -> host, throughput at `batch_sizes`, and its
-    training step at batch 1 (anomalib trains at batch 1 only). No compile step is timed (eager
-    PyTorch). Needs `pip install torch anomalib`.
-    """
-    if peer != "anomalib":
-        raise ValueError(f"unknown peer {peer!r}; the only peer is anomalib.")
-    _check_args(batch_sizes, precisions, repeats, warmup, latency_runs)
-    try:
-        import anomalib
-        import torch
-        from anomalib.models.image.efficient_ad import torch_model
-    except ImportError as err:
-        raise ImportError(f"timing the anomalib peer needs PyTorch and anomalib, which are not "
-                          f"installed ({err}): pip install torch anomalib") from err
-    m = config.model
-    if config.method != "efficientad" or m.size not in ("s", "m") or m.width != 1.0:
-        raise ValueError("the anomalib peer times EfficientAD S or M at the reference width "
-                         "(config.model.width = 1.0) only.")
-    records = []
-    for precision in precisions:
-        fields = _measure_anomalib(torch, torch_model, config, sorted(set(batch_sizes)),
-                                   precision, repeats, warmup, latency_runs)
-        record = results.make_record(
-            "bench", method="efficientad", variant=config.get("variant", m.size),
-            dataset="random", category="", image_size=config.data.image_size, metrics={},
-            config=config.to_dict(), source=f"anomalib {anomalib.__version__}",
-            env=_torch_environment(torch, anomalib), bench=fields,
-            notes={**_NOTES, "flops": "analytic, of adjax's EfficientAD of the same size"})
-        if results_dir is not None:
-            results.write(record, results_dir)
-        records.append(record)
-    return records
-
-
-def _torch_environment(torch, anomalib) -> dict[str, Any]:
-    cuda = torch.cuda.is_available()
-    return {"platform": "gpu" if cuda else "cpu",
-            "device_kind": torch.cuda.get_device_name(0) if cuda else platform.processor(),
-            "device_count": torch.cuda.device_count() if cuda else 1, "process_count": 1,
-            "torch": torch.__version__, "anomalib": anomalib.__version__,
-            "python": platform.python_version(), "adjax": results.git_commit()}
-
-
-def _measure_anomalib(torch, torch_model, config, batch_sizes, precision, repeats, warmup,
-                      latency_runs) -> dict[str, Any]:
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    # The same float32 rule as adjax: no TF32.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-    def sync(*_):
-        if cuda:
-            torch.cuda.synchronize()
-
-    size_enum = torch_model.EfficientAdModelSize
-    model = torch_model.EfficientAdModel(
-        teacher_out_channels=config.model.out_channels,
-        model_size=size_enum.M if config.model.size == "m" else size_enum.S).to(device)
-    with torch.no_grad():  # set statistics, so that the normalisation steps run as in use
-        model.mean_std["mean"].zero_()
-        model.mean_std["std"].fill_(1.0)
-        for name, q in model.quantiles.items():
-            q.fill_(1.0 if name.startswith("qb") else 0.0)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    size = config.data.image_size
-    rng = np.random.default_rng(config.seed)
-
-    def to_input(images):  # uint8 NHWC on the device -> float NCHW in [0, 1], as adjax's predict
-        return images.permute(0, 3, 1, 2).float().div(255.0)
-
-    def predict(images):
-        with torch.inference_mode(), autocast():
-            out = model(to_input(images))
-        amap = out.anomaly_map if hasattr(out, "anomaly_map") else out["anomaly_map"]
-        score = (out.pred_score if hasattr(out, "pred_score")
-                 else torch.amax(amap, dim=(-2, -1)))
-        return amap, score
-
-    def random_images(n):
-        return torch.from_numpy(rng.integers(0, 256, (n, size, size, 3), np.uint8))
-
-    # Training at batch 1 with anomalib's optimiser (Adam 1e-4, weight decay 1e-5); the
-    # penalty batch is random images too.
-    model.train()
-    optimizer = torch.optim.Adam([*model.student.parameters(), *model.ae.parameters()],
-                                 lr=1e-4, weight_decay=1e-5)
-    image, penalty = random_images(1).to(device), random_images(1).to(device)
-
-    def train_step():
-        with autocast():
-            losses = model(batch=to_input(image), batch_imagenet=to_input(penalty))
-        optimizer.zero_grad()
-        sum(losses).backward()
-        optimizer.step()
-        sync()
-
-    steps_per_s = 1.0 / statistics.median(_timed(train_step, warmup, repeats))
-    model.eval()
-
-    host = random_images(1).numpy()
-
-    def round_trip():
-        amap, score = predict(torch.from_numpy(host).to(device))
-        return amap.float().cpu().numpy(), score.float().cpu().numpy()
-
-    per_call, pipelined = {}, {}
-    for b in batch_sizes:
-        images = random_images(b).to(device)
-        per_call[b] = _timed(lambda x=images: sync(predict(x)), warmup, repeats)
-        pipelined[b] = _pipelined(lambda x=images: predict(x), sync, repeats)
-    latencies = _timed(round_trip, warmup, latency_runs)
-
-    flops = flops_per_image(config)
-    kind = torch.cuda.get_device_name(0) if cuda else ""
-    nets = {"teacher": model.teacher, "student": model.student, "autoencoder": model.ae}
-    params = {k: sum(p.numel() for p in net.parameters()) for k, net in nets.items()}
-    return {
-        "train_steps_per_s": steps_per_s, "train_images_per_s": steps_per_s,
-        "train_batch": 1, "train_chunk": 1, "train_devices": 1,
-        **_inference_fields(latencies, per_call, pipelined, flops,
-                            peak_tflops(kind, precision)),
-        "lower_s": None, "compile_s": None,
-        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        "params": sum(params.values()), "params_by_net": params,
-        "precision": precision, "tf32": False, "matmul_precision": "float32",
-        "inference_devices": 1, "repeats": repeats, "warmup": warmup,
-        "latency_runs": latency_runs, "compilation_cache": False,
-    }
+    ]
+    if b.get("vs_peer"):
+        lines.append(
+            f"  vs {b['vs_peer']}  peer/adjax time: train {num('peer_ratio_train', '.2f')} "
+            f"({num('peer_ratio_train_min', '.2f')}-{num('peer_ratio_train_max', '.2f')}), "
+            f"latency {num('peer_ratio_latency', '.2f')} ({num('peer_ratio_latency_min', '.2f')}"
+            f"-{num('peer_ratio_latency_max', '.2f')}) over {b.get('rounds')} rounds; load "
+            f"{b.get('load_avg_start', ['?'])[0]} -> {b.get('load_avg_end', ['?'])[0]}")
+    return "\n".join(lines)
 
 
 def flops_per_image(config: ml_collections.ConfigDict) -> int:

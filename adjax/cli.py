@@ -219,19 +219,28 @@ def _variants(path: str) -> tuple[str, ...]:
 
 
 def _bench() -> None:
+    from adjax import xla
+
+    xla.configure()  # before JAX starts its backends: the CPU flags adjax's timings rely on
     from adjax import bench
 
-    kwargs = dict(batch_sizes=[int(b) for b in FLAGS.batch_sizes], precisions=FLAGS.precision,
-                  repeats=FLAGS.repeats, results_dir=FLAGS.results_dir)
-    for record in bench.run(FLAGS.config, train_chunk=FLAGS.train_chunk, **kwargs):
-        print(bench.format_summary(record))
+    peer = None
     if FLAGS.peer:
+        from adjax import peers
+
         try:
-            peers = bench.run_peer(FLAGS.config, peer=FLAGS.peer, **kwargs)
+            peer = peers.get(FLAGS.peer)
         except ImportError as err:
             _fail("bench", f"{err} (or pip install \"adjax[peers]\").")
-        for record in peers:
-            print(bench.format_summary(record))
+    config = FLAGS.config
+    results_dir = FLAGS.results_dir or bench.default_results_dir(config)
+    records = bench.run(config, batch_sizes=[int(b) for b in FLAGS.batch_sizes],
+                        precisions=FLAGS.precision, train_chunk=FLAGS.train_chunk,
+                        rounds=FLAGS.rounds, repeats=FLAGS.repeats,
+                        latency_runs=FLAGS.latency_runs, results_dir=results_dir, peer=peer)
+    for record in records:
+        print(bench.format_summary(record))
+    print(f"adjax bench: records in {results_dir}")
 
 
 def _tables() -> None:
@@ -336,10 +345,17 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Inference batch sizes.")
         flags.DEFINE_list("precision", ["fp32"], "Precisions: fp32 (no TF32) and/or bf16.")
         flags.DEFINE_integer("train_chunk", None, "Training steps per compiled call "
-                             "(default: config.train.steps_per_call).")
-        flags.DEFINE_integer("repeats", 10, "Timed calls per measurement.")
-        flags.DEFINE_string("results_dir", "results/bench", "Where to write the records.")
-        flags.DEFINE_string("peer", None, "Also time a peer implementation: anomalib.")
+                             "(default: config.train.steps_per_call); a peer runs as many.")
+        flags.DEFINE_integer("rounds", 3, "Rounds; with a peer, each round times both sides, "
+                             "the order alternating, and gives one ratio peer/adjax.")
+        flags.DEFINE_integer("repeats", 5, "Timed training calls, and inference calls per batch "
+                             "size, per side and round.")
+        flags.DEFINE_integer("latency_runs", 30, "Timed batch-1 round trips per side and round.")
+        flags.DEFINE_string("results_dir", None, "Where to write the records (default: a new "
+                            "runs/bench/<method>-<variant>-<UTC time> folder, so that a trial "
+                            "run leaves the committed results/bench/ and the README alone).")
+        flags.DEFINE_string("peer", None, "Also time a peer implementation, interleaved with "
+                            "adjax: anomalib (needs torch and anomalib).")
         return _bench
     if command == "weights":
         from adjax.weights import KINDS

@@ -54,12 +54,17 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        pad = ((self.padding, self.padding), (self.padding, self.padding))
+        # Zeros added by an explicit pad, not by the convolution's own padding: the same
+        # values, but then the kernel gradient is a convolution without padding, which XLA:CPU
+        # runs 70x faster (1.4 s against 19 ms for the 127 px decoder layer of EfficientAD).
+        if self.padding:
+            p = self.padding
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
         return nn.Conv(
             self.features,
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
-            padding=pad,
+            padding="VALID",
             kernel_init=torch_kernel_init,
             bias_init=torch_bias_init(x.shape[-1] * self.kernel * self.kernel),
             dtype=self.dtype,
