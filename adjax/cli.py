@@ -219,9 +219,6 @@ def _variants(path: str) -> tuple[str, ...]:
 
 
 def _bench() -> None:
-    from adjax import xla
-
-    xla.configure()  # before JAX starts its backends: the CPU flags adjax's timings rely on
     from adjax import bench
 
     peer = None
@@ -431,6 +428,9 @@ def run(argv: list[str] | None = None) -> None:
     # XLA's own log (e.g. its "Very slow compile?" banner on a busy CPU) is not adjax's output:
     # adjax says what it is compiling. TF_CPP_MIN_LOG_LEVEL=0 brings XLA's log back.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from adjax import xla
+
+    xla.configure()  # before JAX starts a backend: XLA:CPU's flags (see adjax.xla)
     unparsed = _parse(command, rest)
     if unparsed:
         _fail(command, f"unexpected arguments: {' '.join(unparsed)}")

@@ -6,6 +6,11 @@ import pathlib
 import jax
 import pytest
 
+from adjax import xla
+
+# Before JAX starts a backend: the XLA:CPU flags the command line sets too (adjax.xla).
+xla.configure()
+
 # Must run before any JAX computation: the trainer tests compare 1 device against 4.
 jax.config.update("jax_num_cpu_devices", 4)
 # XLA compiles dominate the suite's time on 2 cores; several tests build the same functions.
