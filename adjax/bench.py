@@ -247,6 +247,7 @@ def timing_fields(t: Mapping[str, Any], *, train_batch: int, train_steps: int,
         "achieved_tflop_per_s": achieved,
         "peak_tflop_per_s": peak,
         "peak_fraction": achieved / peak if achieved and peak else None,
+        **({"matrix": t["matrix"]} if "matrix" in t else {}),
     }
 
 
@@ -300,7 +301,7 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int] = (1, 1
         precisions: Sequence[str] = ("fp32",), train_chunk: int | None = None,
         rounds: int = 3, repeats: int = 5, warmup: int = 2, latency_runs: int = 30,
         results_dir: str | None = None, peer: Peer | None = None, command: str | None = None,
-        clock: Callable[[], float] = time.perf_counter,
+        matrix: int = 0, clock: Callable[[], float] = time.perf_counter,
         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Times `config`'s method (and `peer`'s implementation of it, interleaved) and returns the
     `bench` records, per precision adjax's then the peer's (written to `results_dir` if given).
@@ -309,7 +310,8 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int] = (1, 1
     peer runs as many steps per call); each of `rounds` rounds times `repeats` training calls,
     `repeats` inference calls per batch size and `latency_runs` batch-1 round trips per side,
     after `warmup` untimed calls of each kind. `command` is recorded as the command line that
-    produced the records (default: this process's).
+    produced the records (default: this process's). With `matrix` > 1, adjax's record also
+    holds `time_matrix`'s figures for that many runs in one program.
     """
     _check_args(batch_sizes, precisions, rounds, repeats, warmup, latency_runs)
     batch_sizes = sorted(set(batch_sizes))
@@ -343,6 +345,10 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int] = (1, 1
         if peer:
             shared |= ratio_fields(timings[0], timings[1], subjects[1].source)
         flops = flops_per_image(cfg)
+        if matrix > 1:
+            with jax.default_matmul_precision("float32"):
+                timings[0]["matrix"] = time_matrix(cfg, matrix, repeats=repeats, warmup=warmup,
+                                                   clock=clock, log=log)
         for subject, t in zip(subjects, timings, strict=True):
             env = subject.environment() | provenance(command)
             fields = {**timing_fields(t, train_batch=cfg.train.batch_size,
@@ -438,7 +444,8 @@ class _Adjax:
         # Statistics over the first training batch only: their values do not change the timing.
         log("adjax bench: initialising the method")
         first = {k: v[:batch] for k, v in self.pools["train"].items()}
-        state = jax.jit(method.init, out_shardings=NamedSharding(mesh, P()))(k_init, first)
+        state = jax.device_put(method.init(k_init, first, method.pretrained()),
+                               NamedSharding(mesh, P()))
 
         log("adjax bench: compiling the training chunk")
         self.train_steps = cfg.train.steps_per_call
@@ -449,7 +456,7 @@ class _Adjax:
         self.lower_s, self.compile_s, _ = _compile(self.chunk.compiled, state, self.pools,
                                                    self.key)
         self.device = jax.devices()[0]
-        calibrated = jax.jit(method.calibrate)(state, {"image": first["image"]})
+        calibrated = method.calibrate(state, {"image": first["image"]})
         # A copy: training donates its state, whose buffers calibrate's output may share.
         self.predict_state = jax.device_put(jax.tree.map(jnp.array, calibrated), self.device)
         self.state = state
@@ -506,6 +513,55 @@ class _Adjax:
         }
 
 
+def time_matrix(config: ml_collections.ConfigDict, runs: int, *, repeats: int, warmup: int,
+                clock: Callable[[], float] = time.perf_counter,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Training images per second on one device of one run and of `runs` runs trained in one
+    vmapped program (`adjax train --runs`), at batch 1 and at the config's batch: the gain a
+    benchmark matrix gets from sharing a program. Medians over `repeats` chunks after
+    `warmup`."""
+    out = {}
+    for batch in sorted({1, config.train.batch_size}):
+        cfg = copy.deepcopy(config)
+        cfg.unlock()
+        cfg.train.batch_size = batch
+        method = methods.build(cfg)
+        rng = np.random.default_rng(cfg.seed)
+        splits = [_random_split(rng, max(batch, _POOL_IMAGES), cfg.data.image_size)
+                  for _ in range(runs)]
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+        states = [jax.device_put(method.init(jax.random.key(i), split), one)
+                  for i, split in enumerate(splits)]
+        steps = cfg.train.steps_per_call
+        rates = {}
+        for name, n in (("single", 1), ("matrix", runs)):
+            log(f"adjax bench: compiling and timing {n} run(s) in one program at batch {batch}")
+            chunk = runtime.make_chunk(method, cfg, None if n > 1 else
+                                       NamedSharding(mesh, P("data")), steps, runs=n if n > 1
+                                       else 0)
+            pools = runtime.place_pools(splits[0], method.extra_pools(), mesh)
+            state, key = jax.tree.map(jnp.array, states[0]), jax.random.key(0)
+            if n > 1:
+                state = jax.tree.map(lambda *a: jnp.stack(a), *states)
+                pools["train"] = {k: jnp.stack([jnp.asarray(s[k]) for s in splits])
+                                  for k in splits[0]}
+                pools["train"]["length"] = jnp.full((n,), len(splits[0]["image"]), jnp.int32)
+                key = jax.random.split(jax.random.key(0), n)
+            seconds = []
+            for i in range(warmup + repeats):
+                start = clock()
+                state, metrics = chunk(state, pools, key)
+                jax.block_until_ready((state, metrics))
+                if i >= warmup:
+                    seconds.append(clock() - start)
+            rates[name] = steps * batch * n / statistics.median(seconds)
+        out[str(batch)] = {"single_images_per_s": rates["single"],
+                           "matrix_images_per_s": rates["matrix"],
+                           "gain": rates["matrix"] / rates["single"]}
+    return {"runs": runs, "by_batch": out, "devices": 1}
+
+
 def _compile(jitted, *args) -> tuple[float, float, Any]:
     """Seconds to lower and to compile `jitted` for `args`, and the compiled executable."""
     start = time.perf_counter()
@@ -553,6 +609,12 @@ def format_summary(record: dict[str, Any]) -> str:
             f"latency {num('peer_ratio_latency', '.2f')} ({num('peer_ratio_latency_min', '.2f')}"
             f"-{num('peer_ratio_latency_max', '.2f')}) over {b.get('rounds')} rounds; load "
             f"{b.get('load_avg_start', ['?'])[0]} -> {b.get('load_avg_end', ['?'])[0]}")
+    if b.get("matrix"):
+        m = b["matrix"]
+        lines += [f"  matrix      {m['runs']} runs in one program at batch {batch}: "
+                  f"{r['matrix_images_per_s']:.3g} train images/s against "
+                  f"{r['single_images_per_s']:.3g} for one run ({r['gain']:.2f}x)"
+                  for batch, r in m["by_batch"].items()]
     return "\n".join(lines)
 
 

@@ -234,7 +234,8 @@ def _bench() -> None:
     records = bench.run(config, batch_sizes=[int(b) for b in FLAGS.batch_sizes],
                         precisions=FLAGS.precision, train_chunk=FLAGS.train_chunk,
                         rounds=FLAGS.rounds, repeats=FLAGS.repeats,
-                        latency_runs=FLAGS.latency_runs, results_dir=results_dir, peer=peer)
+                        latency_runs=FLAGS.latency_runs, results_dir=results_dir, peer=peer,
+                        matrix=FLAGS.matrix)
     for record in records:
         print(bench.format_summary(record))
     print(f"adjax bench: records in {results_dir}")
@@ -351,6 +352,9 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("results_dir", None, "Where to write the records (default: a new "
                             "runs/bench/<method>-<variant>-<UTC time> folder, so that a trial "
                             "run leaves the committed results/bench/ and the README alone).")
+        flags.DEFINE_integer("matrix", 0, "Also time this many runs trained in one program "
+                             "(adjax train --runs) against one run, at batch 1 and at the "
+                             "config's batch.")
         flags.DEFINE_string("peer", None, "Also time a peer implementation, interleaved with "
                             "adjax: anomalib (needs torch and anomalib).")
         return _bench

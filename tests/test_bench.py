@@ -361,3 +361,15 @@ def test_bad_arguments():
         bench.run(_tiny_config(), batch_sizes=(0,))
     with pytest.raises(ValueError, match="rounds"):
         bench.run(_tiny_config(), rounds=0)
+
+
+def test_matrix_mode_reports_the_gain_of_one_program():
+    ticks = iter(range(10_000))  # each chunk takes one tick: the rate counts images per call
+    config = _tiny_config()
+    m = bench.time_matrix(config, 3, repeats=2, warmup=1, clock=lambda: next(ticks),
+                          log=lambda _: None)
+    assert m["runs"] == 3 and list(m["by_batch"]) == ["1"]  # the quick config trains at 1
+    row = m["by_batch"]["1"]
+    steps = config.train.steps_per_call
+    assert row["single_images_per_s"] == steps * 1 and row["matrix_images_per_s"] == steps * 3
+    assert row["gain"] == 3
