@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from adjax import evaluate, matrix
+from adjax import evaluate, matrix, methods, runtime
+from adjax.data import datasets
 from adjax.data.layouts import DataError
 from adjax.data.synthetic import write_dataset
 from adjax.train import train
@@ -54,25 +55,25 @@ def _losses(workdir):
             (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("per_program", [0, 1])
-def test_a_matrix_trains_each_run_as_alone(two_categories, tmp_path, per_program):
+def test_a_matrix_trains_each_run_as_alone(two_categories, tmp_path):
     cfg = _config(two_categories, tmp_path)
-    cfg.train.runs_per_program = per_program  # 0: both in one program; 1: one after the other
-    lines = []
-    together = matrix.train_matrix(cfg, tmp_path / "m", "categories=tiles,disc,seeds=7",
-                                   devices=jax.devices()[:2], log=lines.append)
-    if per_program == 0:
-        assert any("2 runs; 2 per program" in line for line in lines)
-    for (category, state) in zip(("tiles", "disc"), together, strict=True):
-        alone = matrix.run_config(cfg, category, 7)
-        single = train(alone, tmp_path / f"alone-{category}", devices=jax.devices()[:1],
+    cfg.train.runs_per_program = 3  # four runs: three in one vmapped program, then one
+    together = matrix.train_matrix(cfg, tmp_path / "m", "categories=tiles,disc,seeds=7,8",
+                                   devices=jax.devices()[:2], log=lambda _: None)
+    assert len(together) == 4
+    order = [("tiles", 7), ("tiles", 8), ("disc", 7), ("disc", 8)]
+    for (category, seed), state in zip(order, together, strict=True):
+        if (category, seed) == ("tiles", 8):
+            continue  # three comparisons cover both programs
+        alone = matrix.run_config(cfg, category, seed)
+        single = train(alone, tmp_path / f"alone-{category}-{seed}", devices=jax.devices()[:1],
                        log=lambda _: None)
-        # The same batches and keys: the per-step losses agree to float rounding (batched
+        # The same batches and keys: the per-chunk losses agree to float rounding (batched
         # convolutions sum in another order), and so do the weights, to a stated tolerance:
         # Adam turns a rounding-sized difference of a near-zero gradient into up to lr per
         # step for that weight, so the weights are compared by norm.
-        losses = [_losses(tmp_path / "m" / f"{category}-seed7"),
-                  _losses(tmp_path / f"alone-{category}")]
+        losses = [_losses(tmp_path / "m" / f"{category}-seed{seed}"),
+                  _losses(tmp_path / f"alone-{category}-{seed}")]
         np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
         for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params),
                         strict=True):
@@ -80,7 +81,25 @@ def test_a_matrix_trains_each_run_as_alone(two_categories, tmp_path, per_program
             assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b)
         np.testing.assert_allclose(state.quantiles, single.quantiles, rtol=1e-3)
     workdirs = matrix.read_matrix(tmp_path / "m")
-    assert [w.name for w in workdirs] == ["tiles-seed7", "disc-seed7"]
-    records = [evaluate.evaluate(w, tmp_path / "results")[0] for w in workdirs]
+    assert [w.name for w in workdirs] == ["tiles-seed7", "tiles-seed8", "disc-seed7",
+                                          "disc-seed8"]
+    records = [evaluate.evaluate(w, tmp_path / "results")[0] for w in workdirs[:2]]
     assert [(r["category"], r["config"]["seed"]) for r in records] == [("tiles", 7),
-                                                                       ("disc", 7)]
+                                                                       ("tiles", 8)]
+
+
+def test_memory_decides_how_many_runs_share_a_program(two_categories, tmp_path, monkeypatch):
+    cfg = _config(two_categories, tmp_path)
+    method = methods.build(cfg)
+    split, _ = datasets.train_and_validation(cfg.data, cfg.seed)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    pools = runtime.place_pools({"image": split.images, "label": split.labels}, {}, mesh)
+    shapes = jax.eval_shape(method.init, jax.random.key(0), pools["train"])
+    lines = []
+    monkeypatch.setattr(matrix, "_free_bytes", lambda device: 10 * 2**30)
+    assert matrix.runs_per_program(method, cfg, shapes, pools, 15, jax.devices()[:1],
+                                   lines.append) == 15
+    assert lines[0].startswith("adjax: 15 runs; 15 per program: one run needs about")
+    monkeypatch.setattr(matrix, "_free_bytes", lambda device: 2**20)  # 1 MiB: one at a time
+    assert matrix.runs_per_program(method, cfg, shapes, pools, 15, jax.devices()[:1],
+                                   lines.append) == 1
