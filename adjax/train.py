@@ -42,7 +42,10 @@ from adjax.methods.base import parameter_table
 # only grow past the last checkpoint; what the evaluator reads is not used in training).
 RESUMABLE = ("train.steps", "train.steps_per_call", "train.loop", "train.checkpoint_every",
              "train.keep_checkpoints", "train.log_every", "train.log_seconds",
-             "train.runs_per_program", "data.cache_dir", "eval.")
+             "train.runs_per_program", "data.cache_dir", "eval.",
+             # DDAD's domain adaptation: the last da.steps steps; grown with train.steps, it
+             # adds a phase after the steps taken.
+             "da.steps")
 # On a CPU, a schedule longer than this is one meant for an accelerator.
 _CPU_SIZED_STEPS = 5_000
 

@@ -71,6 +71,12 @@ def _efficientad(config):
     return EfficientAD(config)
 
 
+def _ddad(config):
+    from adjax.methods.ddad import DDAD
+
+    return DDAD(config)
+
+
 def _efficientad_distill(config):
     from adjax.methods.efficientad_distill import EfficientADDistill
 
@@ -102,6 +108,7 @@ def _vtadl(config):
 
 
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
+    "ddad": _ddad,
     "efficientad": _efficientad,
     "efficientad_distill": _efficientad_distill,
     "capsnet": _capsnet,

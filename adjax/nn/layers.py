@@ -44,6 +44,9 @@ class Conv2d(nn.Module):
       stride: square stride.
       padding: zeros added on every side (PyTorch's integer `padding`).
       dtype: computation dtype (parameters stay float32).
+      kernel_init: the kernel's initialiser (PyTorch's default unless given).
+      zero_bias: a zero-initialised bias instead of PyTorch's default (with a zeros
+        `kernel_init`: guided diffusion's `zero_module`).
     """
 
     features: int
@@ -51,6 +54,8 @@ class Conv2d(nn.Module):
     stride: int = 1
     padding: int = 0
     dtype: jnp.dtype | None = None
+    kernel_init: Callable = torch_kernel_init
+    zero_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,8 +70,9 @@ class Conv2d(nn.Module):
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
             padding="VALID",
-            kernel_init=torch_kernel_init,
-            bias_init=torch_bias_init(x.shape[-1] * self.kernel * self.kernel),
+            kernel_init=self.kernel_init,
+            bias_init=(nn.initializers.zeros if self.zero_bias
+                       else torch_bias_init(x.shape[-1] * self.kernel * self.kernel)),
             dtype=self.dtype,
             name="conv",
         )(x)
@@ -99,6 +105,33 @@ class ConvTranspose2d(nn.Module):
                                 (self.stride, self.stride), padding=((edge, edge), (edge, edge)),
                                 transpose_kernel=True, kernel_init=self.kernel_init,
                                 bias_init=bias_init, dtype=self.dtype, name="conv")(x)
+
+
+class Linear(nn.Module):
+    """`torch.nn.Linear` (and a 1x1 `Conv1d`) on the last axis, with PyTorch's default
+    initialisation unless `kernel_init` / `zero_bias` say otherwise (as `Conv2d`)."""
+
+    features: int
+    dtype: Any = None
+    kernel_init: Callable = torch_kernel_init
+    zero_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias_init = nn.initializers.zeros if self.zero_bias else torch_bias_init(x.shape[-1])
+        return nn.Dense(self.features, kernel_init=self.kernel_init, bias_init=bias_init,
+                        dtype=self.dtype, name="dense")(x)
+
+
+def group_norm(x: jax.Array, groups: int, name: str) -> jax.Array:
+    """`torch.nn.GroupNorm(groups, C)` (eps 1e-5, affine) computed in float32 and cast back to
+    `x`'s dtype, as guided diffusion's GroupNorm32 (bfloat16 statistics would be too coarse).
+    Call it inside a compact `__call__`: the module attaches to the caller."""
+    if x.shape[-1] % groups:
+        raise ValueError(f"GroupNorm {name}: {x.shape[-1]} channels do not split into {groups} "
+                         f"groups.")
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=jnp.float32,
+                        name=name)(x).astype(x.dtype)
 
 
 def batch_norm(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:

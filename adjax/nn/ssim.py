@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _PADDINGS = ("valid", "zeros")
-_FILTER_MODES = ("valid", "constant", "symmetric")
+_FILTER_MODES = ("valid", "constant", "symmetric", "reflect")
 
 
 def gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
@@ -45,6 +45,10 @@ def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0,
         if mode == "symmetric":  # d c b a | a b c d | d c b a, repeated as far as needed
             src = np.mod(src, 2 * n)
             src = np.where(src >= n, 2 * n - 1 - src, src)
+        elif mode == "reflect":  # d c b | a b c d | c b a: the edge is not repeated
+            period = max(2 * n - 2, 1)
+            src = np.mod(src, period)
+            src = np.where(src >= n, period - src, src)
         keep = (src >= 0) & (src < n)
         np.add.at(m, (np.nonzero(keep)[0], src[keep]), wt)
     return m
@@ -58,9 +62,10 @@ def gaussian_filter(x: jax.Array, sigma: float, *, truncate: float = 4.0,
       x: [B, H, W, C] float array.
       sigma: standard deviation in pixels.
       truncate: the kernel radius is ``int(truncate * sigma + 0.5)`` (scipy.ndimage's rule).
-      mode: "symmetric" (edge-mirrored, scipy.ndimage's "reflect" and its default), "constant"
-        (zeros outside the image), or "valid" (no padding: the output shrinks by the radius on
-        every side).
+      mode: "symmetric" (edge-mirrored, scipy.ndimage's "reflect" and its default), "reflect"
+        (mirrored about the edge pixel, which is not repeated: PyTorch's and kornia's "reflect",
+        scipy.ndimage's "mirror"), "constant" (zeros outside the image), or "valid" (no
+        padding: the output shrinks by the radius on every side).
       impl: "conv", two depthwise 1-D convolutions (the fewest FLOPs; the fast choice on GPU
         and TPU), or "matmul", one product with a banded [n_out, n] matrix per axis (on CPU
         about ten times faster than XLA's depthwise convolution, forward and backward). None
@@ -82,7 +87,7 @@ def gaussian_filter(x: jax.Array, sigma: float, *, truncate: float = 4.0,
     channels = x.shape[-1]
     if mode != "valid":
         pad = ((0, 0), (radius, radius), (radius, radius), (0, 0))
-        x = jnp.pad(x, pad, mode="symmetric") if mode == "symmetric" else jnp.pad(x, pad)
+        x = jnp.pad(x, pad, mode=mode) if mode in ("symmetric", "reflect") else jnp.pad(x, pad)
     for shape in ((-1, 1, 1, 1), (1, -1, 1, 1)):  # H, then W; HWIO with I = 1 per group
         k = kernel.reshape(shape)
         x = jax.lax.conv_general_dilated(
