@@ -254,7 +254,10 @@ class DDAD(MethodBase):
         if weights is not None:
             extractor = jax.tree.map(jnp.asarray, weights["extractor"])
             digest = jnp.asarray(weights["sha256"])
-        return self.new_state(State, unet, extractor=extractor, frozen=extractor,
+        # The frozen copy holds buffers of its own: the trainer donates the state to its step,
+        # and one buffer donated twice is an error (a crash with XLA:CPU).
+        return self.new_state(State, unet, extractor=extractor,
+                              frozen=jax.tree.map(jnp.copy, extractor),
                               da_opt_state=self.da_tx.init(extractor["params"]),
                               extractor_sha256=digest)
 
