@@ -140,13 +140,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     checkpoint_every=2_000, log_every=500)
     cfg.eval = common.eval_config(batch_size=32 if variant == "visa" else 16)
     if variant == "quick":
-        cfg.data = common.embedded_data_config(image_size=64)
-        cfg.model.update(base=32, channel_mults=(1, 2, 2), attention_resolutions=(16,),
+        cfg.data = common.embedded_data_config(image_size=32)
+        cfg.model.update(base=16, channel_mults=(1, 2), attention_resolutions=(),
                          heads=2, groups=8)
         cfg.extractor.update(depth=18, width_per_group=64, width=0.5, maxpool=False,
                              pretrained=False)
         cfg.map.w = 2.0
-        cfg.da.update(steps=60, batch_size=16)
-        cfg.train = common.train_config(steps=1_200, batch_size=16, steps_per_call=50,
+        cfg.da.update(steps=60, batch_size=8)
+        cfg.train = common.train_config(steps=560, batch_size=8, steps_per_call=20,
                                         checkpoint_every=400, log_every=100)
     return cfg
