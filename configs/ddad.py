@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(
             base=64,                          # DDAD; DDAD-S: 32 (with heads 2, dropout 0.3)
             channel_mults=(1, 1, 2, 2, 4, 4),  # the reference's at 256; ours at 512:
-                                              # (1, 1, 2, 2, 4, 4, 4) (adjax.models.unet)
+                                              # (1, 1, 2, 2, 4, 4, 4) (adjax.models.ddad_unet)
             num_res_blocks=2,
             attention_resolutions=(32, 16, 8),  # feature-map sides with attention
             heads=4,

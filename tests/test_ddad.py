@@ -16,7 +16,7 @@ from adjax.config import ConfigError
 from adjax.methods import build
 from adjax.methods.base import count_params
 from adjax.methods.ddad import combine, feature_distance, image_keys
-from adjax.models.unet import CHANNEL_MULTS, Attention, UNet, timestep_embedding
+from adjax.models.ddad_unet import CHANNEL_MULTS, Attention, UNet, timestep_embedding
 from adjax.nn.ssim import gaussian_filter
 
 

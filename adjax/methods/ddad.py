@@ -1,4 +1,4 @@
-"""DDAD: an ε-prediction UNet (`adjax.models.unet`) learns the normal images; a test image is
+"""DDAD: an ε-prediction UNet (`adjax.models.ddad_unet`) learns the normal images; a test image is
 reconstructed by the conditioned DDIM process of `adjax.diffusion`, conditioned on itself, and
 compared with its reconstruction in pixels and in the features of an ImageNet ResNet
 (WideResNet-101-2 in the reference, arimousa/DDAD).
@@ -44,7 +44,7 @@ from adjax.data import augment
 from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState
 from adjax.methods.efficientad_distill import BACKBONES
-from adjax.models.unet import UNet
+from adjax.models.ddad_unet import UNet
 from adjax.nn.layers import avg_pool, resize_bilinear_align_corners
 from adjax.nn.resnet import LAYERS, ResNet
 from adjax.nn.ssim import gaussian_filter
