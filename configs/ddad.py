@@ -13,8 +13,8 @@ Variants:
   500 UNet steps then 60 of domain adaptation at batch 8, with a half-width ResNet-18 feature
   extractor without the stem max-pool, randomly initialised (no ImageNet weights: its records
   say so); w 10, v 10, blur sigma 2. Measured on the shared 2-core CPU (jax 0.10.2, fp32,
-  three people's jobs running): training 7 min 15 s, image AUROC 0.84, pixel AUROC 0.92 on
-  `tiles`.
+  other people's jobs running): training 4 min 44 s (7 min 15 s under heavier load), image
+  AUROC 0.837, pixel AUROC 0.918 on `tiles`.
 
   adjax train --config=configs/ddad.py:quick --workdir=runs/ddad-quick
   adjax eval --workdir=runs/ddad-quick
