@@ -426,7 +426,9 @@ def _peer_ratio(bench: dict[str, Any], name: str) -> str:
     if median is None:
         return MISSING
     low, high = bench.get(f"peer_ratio_{name}_min"), bench.get(f"peer_ratio_{name}_max")
-    return f"{median:.2f}" if low is None or high is None else f"{median:.2f} ({low:.2f}–{high:.2f})"
+    if low is None or high is None:
+        return f"{median:.2f}"
+    return f"{median:.2f} ({low:.2f}–{high:.2f})"
 
 
 def speed_table(records: Sequence[dict[str, Any]], *, fmt: str = "md") -> str:
