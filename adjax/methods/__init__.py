@@ -95,6 +95,12 @@ def _pyramidal_ae(config):
     return PyramidalAE(config)
 
 
+def _vae(config):
+    from adjax.methods.vae import VAEMethod
+
+    return VAEMethod(config)
+
+
 def _vtadl(config):
     from adjax.methods.vtadl import VTADL
 
@@ -107,6 +113,7 @@ REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "capsnet": _capsnet,
     "piade": _piade,
     "pyramidal_ae": _pyramidal_ae,
+    "vae": _vae,
     "vtadl": _vtadl,
 }
 
