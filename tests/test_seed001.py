@@ -102,3 +102,156 @@ def test_vae_bad_keys_name_themselves():
         build(cfg)
     with pytest.raises(ValueError, match="not a multiple of 16"):
         VAE().init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+
+
+# ----------------------------------------------------------------------------- RIAD
+
+
+def test_grid_masks_blank_every_cell_exactly_once():
+    from adjax.methods.riad import grid_masks
+
+    masks = np.asarray(grid_masks(jax.random.key(3), 16, 4))
+    assert masks.shape == (3, 16, 16)
+    np.testing.assert_array_equal((1 - masks).sum(0), np.ones((16, 16)))
+    cells = masks.reshape(3, 4, 4, 4, 4)  # constant inside each 4 x 4 cell
+    assert (cells == cells[:, :, :1, :, :1]).all()
+    assert sorted((1 - masks).sum((1, 2)) // 16) == [5, 5, 6]  # 16 cells dealt into 3 sets
+
+
+def test_msgms_is_zero_for_equal_images_and_sees_a_changed_patch():
+    from adjax.nn.gms import gms_map, msgms_anomaly_map, msgms_loss
+
+    x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
+    y = x.at[:, 8:16, 8:16].set(0.5)
+    gms, same, changed, amap = jax.jit(lambda x, y: (
+        gms_map(x, y), msgms_loss(x, x), msgms_loss(x, y), msgms_anomaly_map(x, y)))(x, y)
+    assert gms.shape == (1, 30, 30)
+    np.testing.assert_allclose(same, 0.0, atol=1e-6)
+    assert float(changed[0]) > 0.01  # the patch is 1/16 of the image
+    amap = np.asarray(amap)[0]
+    assert amap.shape == (32, 32) and amap[10:14, 10:14].mean() > 5 * amap[24:, 24:].mean()
+
+
+@pytest.fixture(scope="module")
+def riad_method():
+    cfg = load_config("riad", "quick")
+    cfg.data.image_size = 32
+    cfg.model.widths = (4, 8)
+    cfg.masks.sizes = (4, 8)
+    return build(cfg)
+
+
+def test_riad_step_is_eq_2_7_and_predicts_a_smoothed_msgms_map(riad_method):
+    from adjax.methods.riad import grid_masks, mean_filter
+    from adjax.nn.gms import msgms_anomaly_map
+
+    method, images = riad_method, _images(2)
+    state = method.init(_KEY, {"image": images})
+    rng = jax.random.key(5)
+
+    @jax.jit
+    def reference(state):  # the masks the step draws, the reconstruction, eq. 2.7
+        k_size, k_mask = jax.random.split(rng)
+        masks = jnp.stack([grid_masks(k_mask, 32, k) for k in (4, 8)])[
+            jax.random.randint(k_size, (), 0, 2)]
+        x = images / 255.0
+        recon, _ = method.inpaint(state.params, state.batch_stats, x, masks, train=True)
+        t = method.losses(x, recon)
+        return jnp.mean(t["mse"] + t["msgms"] + t["ssim"]), recon, masks
+
+    want, recon, masks = reference(state)
+    # Kept pixels come from the copies that saw them: the reconstruction of a cell is the
+    # output of the copy in which it was blanked, never the input itself.
+    assert not np.allclose(recon, images / 255.0, atol=1e-3)
+    _, metrics = jax.jit(method.train_step)(state, {"image": images}, rng)
+    assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-4)
+
+    @jax.jit
+    def predict_and_map(state):
+        x = images / 255.0
+        keys = jax.random.split(jax.random.key(0), 2)
+        total = sum(msgms_anomaly_map(x, method.inpaint(
+            state.params, state.batch_stats, x, grid_masks(key, 32, k), False)[0])
+            for key, k in zip(keys, (4, 8), strict=True))
+        return method.predict(state, images), mean_filter(total / 2, 5)
+
+    pred, amap = predict_and_map(state)
+    np.testing.assert_allclose(pred.anomaly_map, amap, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.score, amap.max(axis=(1, 2)), rtol=1e-5)
+
+
+def test_mean_filter_is_a_window_mean():
+    from adjax.methods.riad import mean_filter
+
+    x = np.random.default_rng(0).random((1, 9, 9)).astype(np.float32)
+    np.testing.assert_allclose(mean_filter(jnp.asarray(x), 3)[0, 4, 4], x[0, 3:6, 3:6].mean(),
+                               rtol=1e-6)
+
+
+def test_riad_grid_sizes_must_divide_the_image():
+    cfg = load_config("riad", "quick")
+    cfg.masks.sizes = (3,)
+    with pytest.raises(ValueError, match="config.masks.sizes"):
+        build(cfg)
+
+
+# ----------------------------------------------------------------------------- GANomaly
+
+
+def _dcgan_encoder_count(nz, ndf, nc=3, size=32):
+    """PyTorch's GANomaly Encoder: bias-free convs, BatchNorm2d on the pyramid convs."""
+    n, width, side = _conv(nc, ndf, 4, False), ndf, size // 2
+    while side > 4:
+        n += _conv(width, 2 * width, 4, False) + 2 * 2 * width
+        width, side = 2 * width, side // 2
+    return n + _conv(width, nz, 4, False)
+
+
+def test_ganomaly_parameter_counts_follow_the_authors_networks():
+    from adjax.models.ganomaly import Discriminator, Generator
+
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    g = jax.eval_shape(Generator().init, jax.random.key(0), x)["params"]
+    d = jax.eval_shape(Discriminator().init, jax.random.key(0), x)["params"]
+    # Decoder at 32 px: 100 -> 256 (4x4) -> 128 -> 64 -> 3, BN after all but the last.
+    decoder = (_conv(100, 256, 4, False) + 512 + _conv(256, 128, 4, False) + 256
+               + _conv(128, 64, 4, False) + 128 + _conv(64, 3, 4, False))
+    assert _count(g["decoder"]) == decoder
+    assert _count(g) == 2 * _dcgan_encoder_count(100, 64) + decoder
+    assert _count(d) == _dcgan_encoder_count(1, 64)
+    out = jax.eval_shape(Generator().apply, {"params": g, "batch_stats": jax.eval_shape(
+        Generator().init, jax.random.key(0), x)["batch_stats"]}, x)
+    assert out["fake"].shape == (2, 32, 32, 3) and out["latent_i"].shape == (2, 100)
+
+
+@pytest.fixture(scope="module")
+def ganomaly_method():
+    cfg = load_config("ganomaly", "quick")
+    cfg.model.update(nz=8, ngf=4, ndf=4)
+    return build(cfg)
+
+
+def test_ganomaly_step_moves_each_net_by_its_own_loss(ganomaly_method):
+    method, images = ganomaly_method, _images(4, 16)
+    state = method.init(_KEY, {"image": images})
+    new, metrics = jax.jit(method.train_step)(state, {"image": images}, jax.random.key(1))
+    m = {k: float(v) for k, v in metrics.items()}
+    assert m["loss"] == pytest.approx(m["loss_adv"] + 50 * m["loss_con"] + m["loss_enc"],
+                                      rel=1e-5)
+    for net in ("generator", "discriminator"):
+        assert not jax.tree.all(jax.tree.map(jnp.array_equal, new.params[net],
+                                             state.params[net]))
+    pred = jax.jit(method.predict)(new, images)
+    out = jax.jit(lambda s: method.generator.apply(
+        {"params": s.params["generator"], "batch_stats": s.batch_stats["generator"]},
+        images / 127.5 - 1.0))(new)
+    np.testing.assert_allclose(pred.score, np.mean((out["latent_i"] - out["latent_o"]) ** 2, -1),
+                               rtol=1e-4, atol=1e-7)
+    assert pred.anomaly_map.shape == (4, 16, 16)
+
+
+def test_ganomaly_needs_a_power_of_two_side():
+    from adjax.models.ganomaly import Generator
+
+    with pytest.raises(ValueError, match="power of two"):
+        Generator().init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))

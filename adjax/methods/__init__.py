@@ -83,6 +83,12 @@ def _capsnet(config):
     return CapsNet(config)
 
 
+def _ganomaly(config):
+    from adjax.methods.ganomaly import GANomaly
+
+    return GANomaly(config)
+
+
 def _piade(config):
     from adjax.methods.piade import PIADE
 
@@ -93,6 +99,18 @@ def _pyramidal_ae(config):
     from adjax.methods.pyramid_ae import PyramidalAE
 
     return PyramidalAE(config)
+
+
+def _riad(config):
+    from adjax.methods.riad import RIAD
+
+    return RIAD(config)
+
+
+def _supervised_unet(config):
+    from adjax.methods.supervised_unet import SupervisedUNet
+
+    return SupervisedUNet(config)
 
 
 def _vae(config):
@@ -111,8 +129,11 @@ REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "efficientad": _efficientad,
     "efficientad_distill": _efficientad_distill,
     "capsnet": _capsnet,
+    "ganomaly": _ganomaly,
     "piade": _piade,
     "pyramidal_ae": _pyramidal_ae,
+    "riad": _riad,
+    "supervised_unet": _supervised_unet,
     "vae": _vae,
     "vtadl": _vtadl,
 }
