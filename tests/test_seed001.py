@@ -10,6 +10,7 @@ from conftest import load_config
 
 from adjax.methods import build
 from adjax.models.vae import VAE, kl_sum
+from adjax.nn.layers import resize_bilinear
 
 # rbg keys: XLA on CPU compiles their initialisers several times faster than threefry's.
 _KEY = jax.random.key(0, impl="rbg")
@@ -137,7 +138,7 @@ def riad_method():
     cfg = load_config("riad", "quick")
     cfg.data.image_size = 32
     cfg.model.widths = (4, 8)
-    cfg.masks.sizes = (4, 8)
+    cfg.masks.sizes = (8,)
     return build(cfg)
 
 
@@ -148,34 +149,23 @@ def test_riad_step_is_eq_2_7_and_predicts_a_smoothed_msgms_map(riad_method):
     method, images = riad_method, _images(2)
     state = method.init(_KEY, {"image": images})
     rng = jax.random.key(5)
+    x = images / 255.0
 
     @jax.jit
-    def reference(state):  # the masks the step draws, the reconstruction, eq. 2.7
-        k_size, k_mask = jax.random.split(rng)
-        masks = jnp.stack([grid_masks(k_mask, 32, k) for k in (4, 8)])[
-            jax.random.randint(k_size, (), 0, 2)]
-        x = images / 255.0
+    def reference(state):  # eq. 2.7 on the masks the step draws; eq. 2.8 on the test masks
+        masks = grid_masks(jax.random.split(rng)[1], 32, 8)
         recon, _ = method.inpaint(state.params, state.batch_stats, x, masks, train=True)
         t = method.losses(x, recon)
-        return jnp.mean(t["mse"] + t["msgms"] + t["ssim"]), recon, masks
+        test_masks = grid_masks(jax.random.split(jax.random.key(0), 1)[0], 32, 8)
+        test_recon, _ = method.inpaint(state.params, state.batch_stats, x, test_masks, False)
+        return (jnp.mean(t["mse"] + t["msgms"] + t["ssim"]), recon,
+                mean_filter(msgms_anomaly_map(x, test_recon), 5), method.predict(state, images))
 
-    want, recon, masks = reference(state)
-    # Kept pixels come from the copies that saw them: the reconstruction of a cell is the
-    # output of the copy in which it was blanked, never the input itself.
-    assert not np.allclose(recon, images / 255.0, atol=1e-3)
+    want, recon, amap, pred = reference(state)
+    # Every pixel comes from the copy in which it was blanked, never from the input itself.
+    assert not np.allclose(recon, x, atol=1e-3)
     _, metrics = jax.jit(method.train_step)(state, {"image": images}, rng)
     assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-4)
-
-    @jax.jit
-    def predict_and_map(state):
-        x = images / 255.0
-        keys = jax.random.split(jax.random.key(0), 2)
-        total = sum(msgms_anomaly_map(x, method.inpaint(
-            state.params, state.batch_stats, x, grid_masks(key, 32, k), False)[0])
-            for key, k in zip(keys, (4, 8), strict=True))
-        return method.predict(state, images), mean_filter(total / 2, 5)
-
-    pred, amap = predict_and_map(state)
     np.testing.assert_allclose(pred.anomaly_map, amap, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred.score, amap.max(axis=(1, 2)), rtol=1e-5)
 
@@ -255,3 +245,136 @@ def test_ganomaly_needs_a_power_of_two_side():
 
     with pytest.raises(ValueError, match="power of two"):
         Generator().init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
+
+
+# ----------------------------------------------------------------------------- U-Net
+
+
+def test_unet_parameter_count_is_the_classic_unets():
+    """Widths 64-512 with a 1,024 bottom: the count of the PyTorch U-Net built from the same
+    blocks (double 3x3 conv + BatchNorm2d, 1x1 head), 6 input channels."""
+    from adjax.models.unet import UNet
+
+    x = jax.ShapeDtypeStruct((1, 64, 64, 6), jnp.float32)
+    variables = jax.eval_shape(UNet().init, jax.random.key(0), x)
+
+    def double(cin, cout):
+        return _conv(cin, cout, 3) + _conv(cout, cout, 3) + 4 * cout
+
+    widths = (64, 128, 256, 512)
+    want = sum(double(a, b) for a, b in zip((6, *widths[:-1]), widths, strict=True))
+    want += double(512, 1024)
+    want += sum(double(up + skip, skip) for up, skip in
+                zip((1024, 512, 256, 128), (512, 256, 128, 64), strict=True))
+    want += _conv(64, 1, 1)
+    assert _count(variables["params"]) == want
+    assert jax.eval_shape(UNet().apply, variables, x).shape == (1, 64, 64, 1)
+
+
+def test_dihedral_inverse_undoes_every_transform():
+    from adjax.methods.supervised_unet import dihedral
+
+    x = jnp.arange(2 * 4 * 4, dtype=jnp.float32).reshape(2, 4, 4)
+    seen = set()
+    for code in range(8):
+        bits = jnp.asarray([(code >> i) & 1 for i in range(3)], bool)
+        t = dihedral(x, bits)
+        seen.add(tuple(np.asarray(t[0]).ravel()))
+        np.testing.assert_array_equal(dihedral(t, bits, inverse=True), x)
+    assert len(seen) == 8
+
+
+def test_segmentation_losses_follow_eqs_4_1_5_9_5_10():
+    from adjax.methods.supervised_unet import segmentation_loss
+
+    p = jnp.asarray([[[0.9, 0.2], [0.6, 0.1]]])
+    y = jnp.asarray([[[1.0, 0.0], [1.0, 0.0]]])
+    bce = -np.mean(np.log([0.9, 0.8, 0.6, 0.9]))
+    inter, both = 1.5, 1.8 + 2.0
+    dice = 1 - (2 * inter + 1) / (both + 1)
+    iou = 1 - (inter + 1) / (both - inter + 1)
+    assert float(segmentation_loss(p, y, ("bce",))) == pytest.approx(bce, rel=1e-5)
+    assert float(segmentation_loss(p, y, ("bce", "dice", "iou"))) == pytest.approx(
+        bce + dice + iou, rel=1e-5)
+
+
+def _unet_config(**model):
+    cfg = load_config("supervised_unet", "quick")
+    cfg.data.image_size = 32
+    cfg.model.update(widths=(4, 8), **model)
+    return cfg
+
+
+def test_supervised_unet_needs_anomalous_training_images_and_a_vae():
+    cfg = _unet_config(inputs="image")
+    cfg.data.supervised_fraction = 0.0
+    with pytest.raises(ValueError, match="config.data.supervised_fraction is 0"):
+        build(cfg)
+    with pytest.raises(ValueError, match="config.model.vae_workdir is empty"):
+        build(_unet_config(vae_workdir=""))
+    with pytest.raises(ValueError, match="config.model.inputs"):
+        build(_unet_config(inputs="depth"))
+
+
+def test_supervised_unet_step_with_consistency_and_the_vae_residual(vae_method):
+    """Image + residual of a (random) VAE at its own size, augmentation and consistency on."""
+    cfg = _unet_config(vae_workdir="unused")
+    cfg.loss.update(terms=("bce", "dice"), consistency=1.0)
+    method = build(cfg)
+    images = _images(2)
+    vae_state = vae_method.init(_KEY, {"image": _images(1, 64)})
+    # The VAE run a user would point at, without its work directory (64 px, the U-Net 32).
+    vae_config = vae_method.config.copy_and_resolve_references()
+    vae_config.data.image_size = 64
+    method.__dict__["vae_run"] = (vae_method, vae_config)
+    vae = {"params": vae_state.params, "batch_stats": vae_state.batch_stats}
+    state = method.init(_KEY, {"image": images}, vae)
+    masks = jnp.zeros((2, 32, 32), jnp.uint8).at[0, 8:16, 8:16].set(1)
+
+    @jax.jit
+    def step_and_input(state):
+        x = images / 255.0
+        recon = vae_method.reconstruct(vae_state, resize_bilinear(x, 64))
+        residual = x - resize_bilinear(recon, 32)  # PyTorch's bilinear, no anti-aliasing
+        new, metrics = method.train_step(state, {"image": images, "mask": masks},
+                                         jax.random.key(2))
+        return method.network_input(state, x), residual, new, metrics, method.predict(new,
+                                                                                     images)
+
+    inputs, residual, new, metrics, pred = step_and_input(state)
+    assert inputs.shape == (2, 32, 32, 6)
+    np.testing.assert_allclose(inputs[..., 3:], residual, atol=1e-5)
+    np.testing.assert_allclose(inputs[..., :3], images / 255.0, atol=1e-6)
+    assert float(metrics["loss"]) == pytest.approx(
+        float(metrics["loss_base"] + metrics["loss_consistency"]), rel=1e-5)
+    assert float(metrics["loss_consistency"]) > 0
+    assert pred.anomaly_map.shape == (2, 32, 32)
+    assert float(pred.anomaly_map.min()) >= 0 and float(pred.anomaly_map.max()) <= 1
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_supervised_fraction_moves_anomalous_test_images_into_training(synth_root):
+    from adjax import config as common
+    from adjax.data import datasets
+    from adjax.train import OpenRun
+
+    cfg = common.data_config(root=str(synth_root), category="tiles", image_size=32)
+    full_test = datasets.test(cfg)
+    train0, _ = datasets.train_and_validation(cfg, seed=0)
+    cfg.supervised_fraction = 0.5
+    train, val = datasets.train_and_validation(cfg, seed=0)
+    test = datasets.test(cfg)
+    moved = train.take(np.arange(len(train0), len(train)))
+    n_anomalous = int(full_test.labels.sum())
+    assert len(moved) == n_anomalous // 2 and moved.labels.all() and moved.masks.any()
+    assert val.labels.sum() == 0
+    assert not set(moved.paths) & set(test.paths)
+    assert len(test) + len(moved) == len(full_test)
+    assert [m.shape for m in datasets.original_masks(cfg)] == [(128, 128)] * len(test)
+    run = OpenRun(None, None, None, None, train, val, len(test), None)
+    assert set(run.pools) == {"image", "label", "mask"}
+    cfg.supervised_fraction = 1.5
+    with pytest.raises(ValueError, match="config.data.supervised_fraction must be in"):
+        datasets.test(cfg)
