@@ -218,6 +218,7 @@ def test_ganomaly_parameter_counts_follow_the_authors_networks():
 def ganomaly_method():
     cfg = load_config("ganomaly", "quick")
     cfg.model.update(nz=8, ngf=4, ndf=4)
+    cfg.score.image = "latent"  # the paper's score
     return build(cfg)
 
 

@@ -11,7 +11,9 @@ Images are scaled to [-1, 1] (the generator ends in tanh). Per step, as the auth
 means over all elements; f the discriminator's features; weights 1, 50, 1. L_G moves the
 generator only and L_D the discriminator only (here one Adam over both parameter trees with
 each tree's gradient taken from its own loss: the same update as the authors' two Adams).
-Score: mean over the latent of (E1(x) - E2(G(x)))^2. The thesis uses GANomaly for
+Score (`config.score.image`): "latent", the paper's mean over the latent of
+(E1(x) - E2(G(x)))^2, or "map_max", the pixel map's maximum (for defects too small to move a
+global code). The thesis uses GANomaly for
 segmentation without saying how it got a pixel map: here the map is |x - G(x)| averaged over
 channels (in [0, 1] units), optionally Gaussian-smoothed. The authors re-initialise the
 discriminator when L_D falls below 1e-5; that is not done here.
@@ -31,6 +33,9 @@ from adjax.methods.vae import smoothed_map
 from adjax.models.ganomaly import Discriminator, Generator
 
 
+IMAGE_SCORES = ("latent", "map_max")
+
+
 class State(TrainState):
     """Parameters and BatchNorm statistics of {"generator", "discriminator"}."""
 
@@ -46,6 +51,11 @@ def _bce(p: jax.Array, target: float) -> jax.Array:
 @dataclasses.dataclass(frozen=True, eq=False)
 class GANomaly(MethodBase):
     """GANomaly; built from a `configs/ganomaly.py` config."""
+
+    def __post_init__(self):
+        if self.config.score.image not in IMAGE_SCORES:
+            raise ValueError(f"config.score.image {self.config.score.image!r} is not one of "
+                             f"{', '.join(IMAGE_SCORES)}.")
 
     @property
     def generator(self) -> Generator:
@@ -113,11 +123,14 @@ class GANomaly(MethodBase):
         return state.replace(batch_stats=new_stats), metrics
 
     def predict(self, state: State, images: jax.Array) -> Prediction:
-        """Score: the latent distance; map: |x - G(x)| (channel mean, smoothed)."""
+        """Score: the latent distance (or the map's maximum); map: |x - G(x)| (channel mean,
+        smoothed)."""
         x = augment.to_float(images) * 2.0 - 1.0
         out = self.generator.apply({"params": state.params["generator"],
                                     "batch_stats": state.batch_stats["generator"]}, x)
         error = jnp.mean(jnp.abs(x - out["fake"]), axis=-1) / 2.0
+        amap = smoothed_map(error, self.config.score.smooth_sigma)
+        if self.config.score.image == "map_max":
+            return Prediction(anomaly_map=amap, score=jnp.max(amap, axis=(1, 2)))
         score = jnp.mean((out["latent_i"] - out["latent_o"]) ** 2, axis=-1)
-        return Prediction(anomaly_map=smoothed_map(error, self.config.score.smooth_sigma),
-                          score=score)
+        return Prediction(anomaly_map=amap, score=score)
