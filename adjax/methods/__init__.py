@@ -15,7 +15,9 @@ As the trainer (`adjax.train`) and the evaluator (`adjax.evaluate`) use it:
   same shapes: the evaluator restores checkpoints onto `jax.eval_shape(init, ...)`.
 - `train_step(state, batch, rng) -> (state, metrics)`: one optimisation step; jitted, scanned
   and sharded by the trainer. `batch` holds "image" and "label" drawn together from the
-  training split, plus one entry per extra pool. The trainer advances `state.step`.
+  training split (and "mask", uint8 [B, H, W], when the split holds anomalous images: the
+  supervised methods, `trains_on_masks = True`, whose data config moves them there), plus one
+  entry per extra pool. The trainer advances `state.step`.
 - `calibrate(state, val) -> State`: statistics on held-out normal images (e.g. map quantiles);
   called on the host after training, like `init`.
 - `predict(state, images) -> Prediction`: anomaly maps at input size and image scores; jitted.
@@ -53,6 +55,7 @@ class Method(Protocol):
 
     config: ml_collections.ConfigDict
     trains_on_splits: bool
+    trains_on_masks: bool
 
     def pretrained(self) -> Any: ...
     def init(self, rng: jax.Array, train: dict[str, jax.Array], weights: Any = None) -> Any: ...

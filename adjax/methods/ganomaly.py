@@ -32,7 +32,6 @@ from adjax.methods.base import MethodBase, TrainState
 from adjax.methods.vae import smoothed_map
 from adjax.models.ganomaly import Discriminator, Generator
 
-
 IMAGE_SCORES = ("latent", "map_max")
 
 

@@ -22,7 +22,7 @@ image score is its maximum.
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +95,8 @@ def segmentation_loss(p: jax.Array, y: jax.Array, terms: tuple[str, ...]) -> jax
 @dataclasses.dataclass(frozen=True, eq=False)
 class SupervisedUNet(MethodBase):
     """The seed-001 U-Net; built from a `configs/supervised_unet.py` config."""
+
+    trains_on_masks: ClassVar[bool] = True
 
     def __post_init__(self):
         m, terms = self.config.model, tuple(self.config.loss.terms)
