@@ -187,6 +187,8 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     how, q, k = config.eval.threshold, config.eval.threshold_q, config.eval.threshold_k
     computed |= thresholded(scores, test.labels, val_scores, how, q, k, "image")
     computed |= thresholded(pixel_maps, masks, val_maps, how, q, k, "pixel")
+    if config.eval.get("per_image_threshold"):  # seed 001's protocol (supervised maps)
+        computed |= metrics.per_image(pixel_maps, masks, config.eval.per_image_threshold)
     numbers = {key: (None if math.isnan(v) else v) for key, v in computed.items()
                if isinstance(v, float | int) and not isinstance(v, bool)}
     numbers |= training_time(workdir)

@@ -379,3 +379,27 @@ def test_supervised_fraction_moves_anomalous_test_images_into_training(synth_roo
     cfg.supervised_fraction = 1.5
     with pytest.raises(ValueError, match="config.data.supervised_fraction must be in"):
         datasets.test(cfg)
+
+
+def test_per_image_protocol_averages_each_images_metrics():
+    from sklearn.metrics import roc_auc_score
+
+    from adjax.metrics import per_image
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 8, 8)).round(1)  # ties
+    masks = np.zeros((3, 8, 8), np.uint8)
+    masks[0, :2] = 1
+    masks[1, 4:, 4:] = 1  # image 2 has no anomalous pixel: left out
+    maps[1] = 0.0  # nothing predicted: F1 = IoU = 0
+    out = per_image(maps, masks, 0.3)
+    assert out["per_image_count"] == 2
+    want_auroc = np.mean([roc_auc_score(masks[i].ravel(), maps[i].ravel()) for i in (0, 1)])
+    assert out["per_image_pixel_auroc"] == pytest.approx(want_auroc, rel=1e-12)
+    pred = maps[0] >= 0.3
+    tp = np.sum(pred & (masks[0] == 1))
+    f1 = 2 * tp / (pred.sum() + masks[0].sum())
+    assert out["per_image_f1"] == pytest.approx(f1 / 2)
+    assert out["per_image_accuracy"] == pytest.approx(
+        (np.mean(pred == masks[0]) + np.mean(masks[1] == 0)) / 2)
+    assert load_config("supervised_unet", "quick").eval.per_image_threshold == 0.3
