@@ -403,3 +403,11 @@ def test_per_image_protocol_averages_each_images_metrics():
     assert out["per_image_accuracy"] == pytest.approx(
         (np.mean(pred == masks[0]) + np.mean(masks[1] == 0)) / 2)
     assert load_config("supervised_unet", "quick").eval.per_image_threshold == 0.3
+    from sklearn.metrics import roc_curve
+
+    curve = per_image(maps, masks, 0.3, curve_points=11)["per_image_mean_roc"]
+    want = []
+    for i in (0, 1):
+        fpr, tpr, _ = roc_curve(masks[i].ravel(), maps[i].ravel(), drop_intermediate=False)
+        want.append(np.interp(np.linspace(0, 1, 11), fpr, tpr))
+    np.testing.assert_allclose(curve["tpr"], np.mean(want, axis=0), atol=1e-12)
