@@ -411,3 +411,62 @@ def test_per_image_protocol_averages_each_images_metrics():
         fpr, tpr, _ = roc_curve(masks[i].ravel(), maps[i].ravel(), drop_intermediate=False)
         want.append(np.interp(np.linspace(0, 1, 11), fpr, tpr))
     np.testing.assert_allclose(curve["tpr"], np.mean(want, axis=0), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- multi-level
+
+
+def test_multilevel_valid_centres_are_the_thesis_counts():
+    from adjax.methods.multilevel import valid_region
+
+    # (I_size - 32)^2 patches per image: 50,176 at 256 and 230,400 at 512 (Sec. 4.1.2).
+    assert int(valid_region(256).sum()) == 50_176
+    assert int(valid_region(512).sum()) == 230_400
+
+
+@pytest.fixture(scope="module")
+def multilevel_method():
+    cfg = load_config("multilevel", "quick")
+    cfg.data.image_size = 40
+    cfg.model.update(width=4, hidden=8, latent=4, agg=4, mlp=(8, 8, 8, 8))
+    cfg.patches.per_step = 8
+    return build(cfg)
+
+
+def test_multilevel_patches_are_balanced_and_centred(multilevel_method):
+    method, images = multilevel_method, _images(2, 40)
+    masks = jnp.zeros((2, 40, 40), jnp.uint8).at[1, 18:22, 20:23].set(1)
+    x = images / 255.0
+    patches, labels, weights = jax.jit(method.training_patches)(jax.random.key(0), x, masks)
+    assert patches.shape == (8, 33, 33, 3) and labels.tolist() == [1] * 4 + [0] * 4
+    assert weights.tolist() == [1.0] * 8
+    # Each positive patch's centre is an anomalous pixel of image 1: find it there.
+    for p in np.asarray(patches[:4]):
+        hits = [(r, c) for r in range(18, 22) for c in range(20, 23)
+                if np.allclose(x[1, r - 16:r + 17, c - 16:c + 17], p)]
+        assert len(hits) == 1
+    _, _, weights = jax.jit(method.training_patches)(jax.random.key(0), x, masks * 0)
+    assert weights.tolist() == [0.0] * 4 + [1.0] * 4  # no anomalous pixel: no positives
+
+
+def test_multilevel_step_is_eq_4_5_and_fills_the_border(multilevel_method):
+    method, images = multilevel_method, _images(2, 40)
+    masks = jnp.zeros((2, 40, 40), jnp.uint8).at[1, 18:22, 20:23].set(1)
+    state = method.init(_KEY, {"image": images})
+
+    @jax.jit
+    def step_and_predict(state):
+        new, metrics = method.train_step(state, {"image": images, "mask": masks},
+                                         jax.random.key(1))
+        return metrics, method.predict(new, images)
+
+    metrics, pred = step_and_predict(state)
+    m = {k: float(v) for k, v in metrics.items()}
+    assert m["loss"] == pytest.approx(m["loss_mse"] + m["loss_kl"] + 0.001 * m["loss_bce"],
+                                      rel=1e-5)
+    amap = np.asarray(pred.anomaly_map)
+    assert amap.shape == (2, 40, 40) and ((amap > 0) & (amap < 1)).all()
+    # Border pixels copy the nearest valid one.
+    np.testing.assert_array_equal(amap[:, :16, 20], np.broadcast_to(amap[:, 16:17, 20], (2, 16)))
+    np.testing.assert_array_equal(amap[:, 30, 24:], np.broadcast_to(amap[:, 30, 23:24], (2, 16)))
+    assert len(np.unique(amap[0, 16:24, 16:24])) > 1

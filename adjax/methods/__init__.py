@@ -92,6 +92,12 @@ def _ganomaly(config):
     return GANomaly(config)
 
 
+def _multilevel(config):
+    from adjax.methods.multilevel import MultiLevelMethod
+
+    return MultiLevelMethod(config)
+
+
 def _piade(config):
     from adjax.methods.piade import PIADE
 
@@ -133,6 +139,7 @@ REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "efficientad_distill": _efficientad_distill,
     "capsnet": _capsnet,
     "ganomaly": _ganomaly,
+    "multilevel": _multilevel,
     "piade": _piade,
     "pyramidal_ae": _pyramidal_ae,
     "riad": _riad,
