@@ -57,6 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.data = common.embedded_data_config(image_size=64, supervised_fraction=0.5,
                                                supervised_seed=0)
         cfg.model.widths = (8, 16, 32, 64)
-        cfg.train = common.train_config(steps=300, batch_size=8, steps_per_call=50,
-                                        checkpoint_every=300, log_every=50)
+        cfg.train = common.train_config(steps=800, batch_size=8, steps_per_call=50,
+                                        checkpoint_every=800, log_every=100)
     return cfg
