@@ -90,6 +90,8 @@ class ImageFolders:
         if cfg.layout == "folder":
             return None
         samples = self.samples(cfg, "test", log)
+        if not cfg.get("supervised_fraction", 0.0):
+            return samples
         keep = ~self._moved(cfg, self._load(cfg, "test", log))
         return [s for s, k in zip(samples, keep, strict=True) if k]
 
