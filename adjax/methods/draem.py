@@ -91,6 +91,10 @@ class DRAEM(MethodBase):
         if s.mask_timing not in MASK_TIMINGS:
             raise ValueError(f"config.score.mask_timing must be one of "
                              f"{', '.join(MASK_TIMINGS)}, got {s.mask_timing!r}.")
+        if self.config.loss.recon != "ssim":
+            raise ValueError(f"config.loss.recon {self.config.loss.recon!r} needs the LPIPS "
+                             f"network, which adjax does not have yet; 'ssim' is the only "
+                             f"reconstruction loss built.")
         if s.filter < 1 or s.filter % 2 == 0:
             raise ValueError(f"config.score.filter must be an odd window side, got {s.filter}.")
 

@@ -134,14 +134,15 @@ def invert(key: jax.Array, x: jax.Array) -> jax.Array:
 
 def autocontrast(key: jax.Array, x: jax.Array) -> jax.Array:
     """PIL's autocontrast per channel with a cutoff of U{0..20} percent at each end."""
-    cutoff = jax.random.randint(key, (), 0, 21).astype(jnp.float32) / 100.0
+    percent = jax.random.randint(key, (), 0, 21)
     flat = jnp.sort(x.reshape(-1, 3), axis=0)
     n = flat.shape[0]
-    cut = jnp.floor(n * cutoff).astype(jnp.int32)
+    cut = (n * percent) // 100  # PIL removes this many pixels at each end
     lo, hi = flat[cut], flat[n - 1 - cut]
     ok = hi > lo
-    scale = 255.0 / jnp.where(ok, hi - lo, 1.0)
-    return jnp.where(ok, _u8(jnp.floor(jnp.clip((x - lo) * scale, 0.0, 255.0))), x)
+    # PIL's look-up table int(x * 255 / (hi - lo) - lo * 255 / (hi - lo)), clipped.
+    stretched = jnp.floor(jnp.clip((x - lo) * 255.0 / jnp.where(ok, hi - lo, 1.0), 0.0, 255.0))
+    return jnp.where(ok, stretched, x)
 
 
 def equalize(key: jax.Array, x: jax.Array) -> jax.Array:
