@@ -7,7 +7,9 @@ Variants:
 * `paper` (default): the reference code (VitjanZ/DRAEM): 256 x 256, bases 128 / 64, batch 8,
   Adam 1e-4 over both networks, x0.2 at 80 % and 90 % of the steps, textures from DTD, score =
   max of the 21 x 21 mean-filtered map. `train.steps` is 700 epochs of a 240-image category
-  at batch 8 (21,000); for another category use 700 x ceil(N / 8).
+  at batch 8 (21,000); for another category use 700 x ceil(N / 8). adjax holds 10 % of the
+  normal training images out for its validation thresholds (`data.val_fraction`); the
+  reference trains on all of them.
 
   adjax train --config=configs/draem.py:paper --config.data.root=/data/mvtec_ad \
       --config.data.category=carpet --config.synth.textures=/data/dtd/images \
