@@ -137,7 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.eval.update(batch_size=4, threshold="optimal")
     if variant in TABLE_4_2:
         words = variant.split("-")[1:]
-        cfg.loss.recon = {"default": "ssim"}.get(words[0], words[0])
+        cfg.loss.recon = {"default": "ssim", "invlpips": "inv_lpips"}.get(words[0], words[0])
         cfg.synth.focused = "focused" in words
         # Attention and VAE together: the repository's default order, VAE first.
         cfg.model.bottleneck = tuple(b for b in ("vae", "attention") if b in words)
