@@ -25,6 +25,9 @@ padding counted, as `avg_pool2d(21, 1, 10)`). Seed 002's per-view mask (`score.m
 the view's training size; white = keep): "pre" multiplies the input and the reconstruction by
 it before the discriminative network, "post" zeroes the map outside it; without a mask both are
 the plain map.
+
+Images are RGB in [0, 1]; the reference reads BGR with OpenCV (the same up to the order of the
+first convolutions' input channels, which matters only for imported weights).
 """
 
 import dataclasses
