@@ -38,12 +38,14 @@ Variants:
   cars-ssim-focused, cars-{invlpips,lpips}-{unfocused,focused}[-attention][-vae]; 256 x 256,
   batch 8, 700 epochs of the 3,871 training images, a constant lr 1e-4 (the author's code never
   steps its scheduler), attention and VAE together in the repository's order (VAE first;
-  `--config.model.bottleneck="('attention','vae')"` gives the thesis's). The LPIPS losses are
-  not built yet: those rows stop with one sentence saying so.
+  `--config.model.bottleneck="('attention','vae')"` gives the thesis's). The LPIPS rows need
+  LPIPS-AlexNet's weights (the repository's torchmetrics SqueezeNet LPIPS is not in adjax):
 
-  for v in cars-default cars-ssim-focused; do
+  for v in cars-default cars-lpips-focused-attention-vae; do
     adjax train --config=configs/draem.py:$v --config.data.root=/data/cars \
-        --config.data.category=car --config.synth.textures=/data/dtd/images --workdir=runs/$v
+        --config.data.category=car --config.synth.textures=/data/dtd/images \
+        --config.loss.lpips_trunk=alexnet.pth --config.loss.lpips_lin=lpips_alex.pth \
+        --workdir=runs/$v
     adjax eval --workdir=runs/$v
   done
 
@@ -113,7 +115,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         focused=False,             # seed 000: no anomalies on blank (black) pixels
     ))
     cfg.loss = ml_collections.ConfigDict(dict(
-        recon="ssim",              # seed 000: lpips, inv_lpips (1 - LPIPS); not built yet
+        recon="ssim",              # seed 000: lpips, inv_lpips (1 - LPIPS)
+        lpips_trunk="",            # torchvision alexnet state dict (.pth/.safetensors/.npz)
+        lpips_lin="",              # the lpips package's weights/v0.1/alex.pth
+        lpips_input="normalize",   # [0, 1] -> [-1, 1]; div255: seed 000's repository's quirk
         focal_gamma=2.0,
     ))
     cfg.optim = ml_collections.ConfigDict(dict(lr=1e-4, weight_decay=0.0,

@@ -26,6 +26,13 @@ the view's training size; white = keep): "pre" multiplies the input and the reco
 it before the discriminative network, "post" zeroes the map outside it; without a mask both are
 the plain map.
 
+Seed 000's reconstruction losses (`loss.recon`): "lpips" and "inv_lpips" (1 - LPIPS) replace
+the SSIM term (L2 stays), with LPIPS-AlexNet (`adjax.nn.lpips`; weights from torchvision's
+alexnet and the lpips package's alex.pth, `loss.lpips_trunk` / `loss.lpips_lin`). The
+author's repository uses torchmetrics' SqueezeNet LPIPS and an `lpips.LPIPS(net="alex")` class
+beside it; adjax has the AlexNet one. `loss.lpips_input` "div255" reproduces the repository's
+quirk of dividing [0, 1] images by 255 before LPIPS.
+
 Images are RGB in [0, 1]; the reference reads BGR with OpenCV (the same up to the order of the
 first convolutions' input channels, which matters only for imported weights).
 """
@@ -41,23 +48,30 @@ import numpy as np
 import optax
 from PIL import Image
 
+from adjax import weights as weights_lib
 from adjax.data import augment
 from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState, adam_l2
 from adjax.models.draem import DRAEM as DRAEMNet
 from adjax.nn.focal import focal_loss
 from adjax.nn.layers import avg_pool
+from adjax.nn.lpips import LPIPS
 from adjax.nn.ssim import ssim_map
 from adjax.synth import draem as synth
 from adjax.synth.textures import load_textures, procedural_textures
 
 MASK_TIMINGS = ("pre", "post")
+RECON_LOSSES = ("ssim", "lpips", "inv_lpips")
+# How [0, 1] images enter LPIPS, which expects [-1, 1]: mapped there (the lpips package's
+# normalize=True), or divided by 255 (seed 000's repository feeds x / 255 of [0, 1] images).
+LPIPS_INPUTS = {"normalize": lambda x: 2.0 * x - 1.0, "div255": lambda x: x / 255.0}
 
 
 class State(TrainState):
-    """Both networks' parameters and BatchNorm statistics."""
+    """Both networks' parameters and BatchNorm statistics, and the frozen LPIPS network."""
 
     batch_stats: Any
+    lpips: Any  # LPIPS-AlexNet's variables ({} unless config.loss.recon is an LPIPS loss)
 
 
 def reference_data_range(recon: jax.Array) -> jax.Array:
@@ -94,12 +108,23 @@ class DRAEM(MethodBase):
         if s.mask_timing not in MASK_TIMINGS:
             raise ValueError(f"config.score.mask_timing must be one of "
                              f"{', '.join(MASK_TIMINGS)}, got {s.mask_timing!r}.")
-        if self.config.loss.recon != "ssim":
-            raise ValueError(f"config.loss.recon {self.config.loss.recon!r} needs the LPIPS "
-                             f"network, which adjax does not have yet; 'ssim' is the only "
-                             f"reconstruction loss built.")
+        loss = self.config.loss
+        if loss.recon not in RECON_LOSSES:
+            raise ValueError(f"config.loss.recon must be one of {', '.join(RECON_LOSSES)}, got "
+                             f"{loss.recon!r}.")
+        if loss.lpips_input not in LPIPS_INPUTS:
+            raise ValueError(f"config.loss.lpips_input must be one of "
+                             f"{', '.join(LPIPS_INPUTS)}, got {loss.lpips_input!r}.")
+        if self.uses_lpips and not (loss.lpips_trunk and loss.lpips_lin):
+            raise ValueError(f"config.loss.recon {loss.recon!r} needs LPIPS-AlexNet's weights: "
+                             f"config.loss.lpips_trunk (torchvision's alexnet state dict) and "
+                             f"config.loss.lpips_lin (the lpips package's weights/v0.1/alex.pth).")
         if s.filter < 1 or s.filter % 2 == 0:
             raise ValueError(f"config.score.filter must be an odd window side, got {s.filter}.")
+
+    @property
+    def uses_lpips(self) -> bool:
+        return self.config.loss.recon != "ssim"
 
     @property
     def spec(self) -> synth.Spec:
@@ -137,30 +162,57 @@ class DRAEM(MethodBase):
                                              or None)}
         return {"texture": procedural_textures(s.procedural_count, size, self.config.seed)}
 
-    def init(self, rng: jax.Array, train: dict[str, jax.Array], weights: Any = None) -> State:
-        """Both networks, initialised as the reference's weights_init."""
-        del weights
+    def _lpips_like(self, size: int) -> Any:
+        x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+        return jax.eval_shape(LPIPS().init, jax.random.key(0), x, x)
+
+    def pretrained(self) -> dict[str, Any] | None:
+        """LPIPS-AlexNet's weights, when the reconstruction loss is an LPIPS one."""
+        if not self.uses_lpips:
+            return None
+        loss = self.config.loss
+        like = self._lpips_like(self.config.data.image_size)
+        return {"lpips": weights_lib.load_lpips(loss.lpips_trunk, loss.lpips_lin, like)}
+
+    def init(self, rng: jax.Array, train: dict[str, jax.Array],
+             weights: dict[str, Any] | None = None) -> State:
+        """Both networks, initialised as the reference's weights_init; LPIPS from `weights`
+        (without them, random: the shapes a restored run needs)."""
         size = train["image"].shape[1]
         x = jnp.zeros((1, size, size, 3), jnp.float32)
         k_params, k_noise = jax.random.split(rng)
         variables = jax.jit(functools.partial(self.net.init, train=False))(
             {"params": k_params, "noise": k_noise}, x)
-        return self.new_state(State, variables["params"], batch_stats=variables["batch_stats"])
+        lpips = (weights or {}).get("lpips", {})
+        if self.uses_lpips and not lpips:
+            lpips = jax.jit(LPIPS().init)(jax.random.key(0), x, x)
+        return self.new_state(State, variables["params"], batch_stats=variables["batch_stats"],
+                              lpips=jax.tree.map(jnp.asarray, lpips))
 
     # -- training ------------------------------------------------------------------------------
 
-    def losses(self, recon: jax.Array, target: jax.Array, logits: jax.Array,
+    def losses(self, state: State, recon: jax.Array, target: jax.Array, logits: jax.Array,
                mask: jax.Array) -> dict[str, jax.Array]:
-        """The three terms of the loss (module docstring), each a scalar."""
+        """The three terms of the loss (module docstring), each a scalar: "l2", the
+        reconstruction term named after `config.loss.recon`, "focal"."""
+        loss = self.config.loss
         recon = recon.astype(jnp.float32)
-        ssim = ssim_map(recon, target, data_range=reference_data_range(recon), padding="zeros")
+        if self.uses_lpips:
+            scale = LPIPS_INPUTS[loss.lpips_input]
+            distance = jnp.mean(LPIPS().apply(state.lpips, scale(recon), scale(target)))
+            term = distance if loss.recon == "lpips" else 1.0 - distance
+        else:
+            ssim = ssim_map(recon, target, data_range=reference_data_range(recon),
+                            padding="zeros")
+            term = 1.0 - jnp.mean(ssim)
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        return {"l2": jnp.mean((recon - target) ** 2), "ssim": 1.0 - jnp.mean(ssim),
-                "focal": focal_loss(probs, mask, self.config.loss.focal_gamma)}
+        return {"l2": jnp.mean((recon - target) ** 2), loss.recon: term,
+                "focal": focal_loss(probs, mask, loss.focal_gamma)}
 
     def train_step(self, state: State, batch: dict[str, jax.Array],
                    rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
-        """Synthesises the batch's anomalies and takes one step of L2 + SSIM + focal."""
+        """Synthesises the batch's anomalies and takes one step of L2 + SSIM (or LPIPS) +
+        focal."""
         k_synth, k_noise = jax.random.split(rng)
         sample = synth.synthesize(k_synth, augment.to_float(batch["image"]), batch["texture"],
                                   self.spec)
@@ -169,9 +221,9 @@ class DRAEM(MethodBase):
             out, updates = self.net.apply(
                 {"params": params, "batch_stats": state.batch_stats}, sample["augmented"],
                 train=True, mutable=["batch_stats"], rngs={"noise": k_noise})
-            terms = self.losses(out["reconstruction"], sample["image"], out["logits"],
+            terms = self.losses(state, out["reconstruction"], sample["image"], out["logits"],
                                 sample["mask"])
-            loss = terms["l2"] + terms["ssim"] + terms["focal"]
+            loss = sum(terms.values())
             return loss, (updates["batch_stats"],
                           {"loss": loss, **{f"loss_{k}": v for k, v in terms.items()},
                            "anomalous_fraction": jnp.mean(sample["label"].astype(jnp.float32))})
@@ -202,7 +254,11 @@ class DRAEM(MethodBase):
         textures = (f"folder {s.textures}" if s.textures else
                     f"procedural ({s.procedural_count} textures from seed {self.config.seed}; "
                     f"not DTD)")
+        lpips = (f"LPIPS-AlexNet from {self.config.loss.lpips_trunk} and "
+                 f"{self.config.loss.lpips_lin} (input {self.config.loss.lpips_input})"
+                 if self.uses_lpips else "off")
         return {**super().describe(state), "textures": textures,
+                "reconstruction_loss": self.config.loss.recon, "lpips": lpips,
                 "synthesis": f"blend {s.blend}, p_clean {s.p_clean}, p_cutout {s.p_cutout}, "
                              f"threshold {tuple(s.threshold)}, focused {s.focused}",
                 "bottleneck": "+".join(m.bottleneck) or "none",
