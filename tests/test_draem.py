@@ -21,7 +21,7 @@ from adjax import config as config_lib
 from adjax import evaluate
 from adjax.data.layouts import DataError
 from adjax.methods import build
-from adjax.models.draem import Discriminative, Reconstructive, SelfAttention
+from adjax.models.draem import Bottleneck, Discriminative, Reconstructive, SelfAttention
 from adjax.nn.focal import focal_loss
 from adjax.synth import augmenters as aug
 from adjax.synth import draem as synth
@@ -160,6 +160,17 @@ def _synth(spec: synth.Spec):
     return jax.jit(lambda k, x, t: synth.synthesize(k, x, t, spec))
 
 
+def _check_masks(out):
+    """Masks are {0, 1}; the image changed exactly inside them; the label says a mask is set."""
+    mask = out["mask"]
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    changed = np.any(out["augmented"] != out["image"], axis=-1)
+    assert not changed[mask == 0].any()  # nothing outside the mask
+    assert changed[mask == 1].mean() > 0.95  # (a texture may equal the image by chance)
+    np.testing.assert_array_equal(out["label"], mask.reshape(len(mask), -1).max(1))
+    assert not mask[out["path"] == 0].any()
+
+
 def test_synthesis_shapes_determinism_and_masks(batch):
     images, textures = batch
     spec = synth.Spec(rotate_p=0.0)
@@ -170,40 +181,33 @@ def test_synthesis_shapes_determinism_and_masks(batch):
     for name in out:
         np.testing.assert_array_equal(out[name], again[name])
     assert not np.array_equal(out["mask"], other)
-    mask = out["mask"]
-    assert set(np.unique(mask)) <= {0.0, 1.0}
     np.testing.assert_array_equal(out["image"], np.asarray(images))  # rotate_p = 0
-    changed = np.any(out["augmented"] != out["image"], axis=-1)
-    assert not changed[mask == 0].any()  # nothing outside the mask
-    assert changed[mask == 1].mean() > 0.95  # (a texture may equal the image by chance)
-    np.testing.assert_array_equal(out["label"], mask.reshape(len(mask), -1).max(1))
-    # p(no anomaly) = 0.5, plus Perlin draws that leave nothing above the threshold.
-    assert 0.42 <= 1 - out["label"].mean() <= 0.7
+    _check_masks(out)
+    # p(no anomaly) = 0.5 (4 sigma at n = 256); no cutout path by default.
+    assert abs((out["path"] == 0).mean() - 0.5) < 0.125 and not (out["path"] == 2).any()
+    assert out["label"][out["path"] == 1].mean() > 0.8  # few Perlin draws stay empty
 
 
-def test_cutout_path_and_three_way_choice(batch):
+def test_cutout_focused_rotated_three_way(batch):
     images, textures = batch
-    out = jax.tree.map(np.asarray, _synth(synth.Spec(p_clean=0.5, p_cutout=0.5, rotate_p=0.0))(
-        jax.random.key(2), images, textures))
-    # Rectangles are never empty: the clean fraction is the drawn 0.5 (4 sigma at n = 256).
-    assert abs(1 - out["label"].mean() - 0.5) < 0.125
-    for m, a in zip(out["mask"], out["augmented"], strict=True):
-        if m.any():
-            rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
-            assert m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()  # one full rectangle
-            assert (a[m == 1] == 1.0).all()  # white
-            assert 0.1 * SIZE - 1 <= len(rows) <= 0.3 * SIZE + 1
-
-
-def test_focused_masks_avoid_blank_pixels_and_rotation_applies(batch):
-    images, textures = batch
-    out = jax.tree.map(np.asarray, _synth(synth.Spec(focused=True, rotate_p=1.0, p_clean=0.0))(
-        jax.random.key(3), images, textures))
-    blank = np.all(out["image"] == 0.0, axis=-1)
+    spec = synth.Spec(p_clean=0.25, p_cutout=0.5, focused=True, rotate_p=1.0)
+    out = jax.tree.map(np.asarray, _synth(spec)(jax.random.key(2), images, textures))
+    _check_masks(out)
+    for path, p in enumerate((0.25, 0.25, 0.5)):
+        assert abs((out["path"] == path).mean() - p) < 0.125, path
+    blank = np.all(out["image"] == 0.0, axis=-1)  # half the images' left halves, and corners
     assert blank.any() and not out["mask"][blank].any()
-    assert out["mask"].any()
     # Rotated by some angle in (-90, 90): no image of the second half (no blank half) is kept.
     assert not np.array_equal(out["image"][-1], np.asarray(images)[-1])
+    for m, a, b in zip(out["mask"], out["augmented"], blank, strict=True):
+        if m.any() and (a[m == 1] == 1.0).all():  # a white rectangle, cut by blank pixels
+            rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+            box = np.zeros_like(m)
+            box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = 1
+            np.testing.assert_array_equal(m, box * ~b)
+            assert len(rows) <= 0.3 * SIZE + 1 and len(cols) <= 0.3 * SIZE + 1
+    assert sum(bool(m.any()) for m in out["mask"][out["path"] == 2]) > 0.8 * (
+        out["path"] == 2).sum()
 
 
 def test_bad_synthesis_values_name_their_key():
@@ -261,17 +265,16 @@ def test_parameter_counts_are_the_reference_layer_table():
     assert _count(attention) == 69_048_579 + 2 * _conv(1024, 128, 1) + _conv(1024, 1024, 1) + 1
 
 
-def test_initialisation_is_the_references_weights_init():
-    x = jnp.zeros((1, SIZE, SIZE, 6))
-    params = jax.jit(functools.partial(Discriminative(16).init, train=False))(
-        jax.random.key(0), x)["params"]
-    kernel = np.asarray(params["block6"]["conv2"]["Conv2d_0"]["conv"]["kernel"])
+def test_initialisation_is_the_references_weights_init(trained):
+    params = trained[1]["params"]  # the tiny method's state at step 0, base 4
+    kernels = np.concatenate([np.asarray(v).ravel() for k, v in flatten_dict(params).items()
+                              if k[-1] == "kernel"])
     scale = np.concatenate([np.asarray(v) for k, v in flatten_dict(params).items()
                             if k[-2:] == ("bn", "scale")])
-    assert abs(kernel.std() - 0.02) < 0.001 and abs(kernel.mean()) < 0.001
+    assert abs(kernels.std() - 0.02) < 0.001 and abs(kernels.mean()) < 0.001
     assert abs(scale.mean() - 1.0) < 0.005 and abs(scale.std() - 0.02) < 0.005
-    bias = np.asarray(params["fin_out"]["conv"]["bias"])
-    assert np.abs(bias).max() <= 1 / math.sqrt(9 * 16)  # PyTorch's default bias is kept
+    bias = np.asarray(params["discriminative"]["fin_out"]["conv"]["bias"])
+    assert np.abs(bias).max() <= 1 / math.sqrt(9 * 4)  # PyTorch's default bias is kept
 
 
 def test_attention_starts_as_the_identity_and_vae_noise_flag():
@@ -279,16 +282,17 @@ def test_attention_starts_as_the_identity_and_vae_noise_flag():
     att = SelfAttention()
     variables = att.init(jax.random.key(1), x)
     np.testing.assert_allclose(np.asarray(att.apply(variables, x)), np.asarray(x), atol=1e-6)
-    net = Reconstructive(4, ("vae",), test_noise=False)
-    images = jax.random.uniform(jax.random.key(2), (1, SIZE, SIZE, 3))
-    v = net.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, images, train=False)
 
-    def run(noise_key, **kw):
-        return np.asarray(net.clone(**kw).apply(v, images, train=False,
-                                                rngs={"noise": jax.random.key(noise_key)}))
+    def run(noise_key, train=False, **kw):
+        return np.asarray(Bottleneck(("vae",), **kw).apply(
+            {}, x, train=train, rngs={"noise": jax.random.key(noise_key)}))
 
-    np.testing.assert_array_equal(run(1), run(2))  # no noise at test time
-    assert not np.array_equal(run(1, test_noise=True), run(2, test_noise=True))
+    np.testing.assert_array_equal(run(1, test_noise=False), x)  # no noise at test time
+    assert not np.array_equal(run(1, train=True, test_noise=False),
+                              run(2, train=True, test_noise=False))
+    # z = x + eps exp(0.5 x) with eps ~ N(0, 1), at test time too by default.
+    eps = (run(1) - np.asarray(x)) / np.exp(0.5 * np.asarray(x))
+    assert abs(eps.mean()) < 0.2 and abs(eps.std() - 1.0) < 0.15
 
 
 # -- the loss -----------------------------------------------------------------------------------
@@ -321,11 +325,12 @@ def _tiny_config(**score) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny DRAEM after three steps, and test images."""
+    """A tiny DRAEM after three steps, its variables at step 0, and test images."""
     method = build(_tiny_config())
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
     state = method.init(jax.random.key(0), {"image": jnp.asarray(images)})
+    initial = {"params": state.params, "batch_stats": state.batch_stats}
     textures = method.extra_pools()["texture"]
     step = jax.jit(method.train_step)
     losses = []
@@ -333,11 +338,11 @@ def trained():
         batch = {"image": jnp.asarray(images), "texture": jnp.asarray(textures)}
         state, metrics = step(state, batch, jax.random.key(i))
         losses.append({k: float(v) for k, v in metrics.items()})
-    return method, state, images, losses
+    return method, initial, state, images, losses
 
 
 def test_train_step_runs_and_updates(trained):
-    method, state, _, losses = trained
+    method, _, state, _, losses = trained
     assert int(state.step) == 0  # the trainer advances it
     for m in losses:
         assert all(math.isfinite(v) for v in m.values())
@@ -348,7 +353,7 @@ def test_train_step_runs_and_updates(trained):
 
 
 def test_prediction_and_pre_equals_post_without_a_mask(trained):
-    _, state, images, _ = trained
+    _, _, state, images, _ = trained
     maps = {}
     for timing in ("pre", "post"):
         method = build(_tiny_config(mask_timing=timing))
@@ -365,7 +370,7 @@ def test_prediction_and_pre_equals_post_without_a_mask(trained):
 
 
 def test_view_masks_pre_and_post(trained, tmp_path):
-    _, state, images, _ = trained
+    _, _, state, images, _ = trained
     keep = np.zeros((SIZE, SIZE), np.uint8)
     keep[:, : SIZE // 2] = 255
     Image.fromarray(keep).save(tmp_path / "view.png")
@@ -475,7 +480,7 @@ def test_lpips_import_and_distance(tmp_path):
 
 
 def test_lpips_reconstruction_terms(tmp_path, trained):
-    _, state, _, _ = trained
+    _, _, state, _, _ = trained
     _lpips_files(tmp_path)
     terms = {}
     for recon in ("lpips", "inv_lpips"):

@@ -104,6 +104,28 @@ class SelfAttention(nn.Module):
         return (gamma * out + flat).reshape(b, h, w, c)
 
 
+class Bottleneck(nn.Module):
+    """Seed 000's variants applied in order to the encoder's output (module docstring)."""
+
+    kinds: Sequence[str] = ()
+    test_noise: bool = True
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for kind in self.kinds:
+            if kind == "attention":
+                x = SelfAttention(self.dtype, name="attention")(x)
+            elif kind == "vae":
+                if train or self.test_noise:
+                    eps = jax.random.normal(self.make_rng("noise"), x.shape, jnp.float32)
+                    x = x + (eps * jnp.exp(0.5 * x.astype(jnp.float32))).astype(x.dtype)
+            else:
+                raise ValueError(f"unknown DRAEM bottleneck {kind!r}; choose from "
+                                 f"{', '.join(BOTTLENECKS)}.")
+        return x
+
+
 class Reconstructive(nn.Module):
     """DRAEM's reconstructive autoencoder (module docstring).
 
@@ -126,16 +148,9 @@ class Reconstructive(nn.Module):
             if i:
                 x = _pool(x)
             x = Block(b * mult, dtype=self.dtype, name=f"block{i + 1}")(x, train)
-        for kind in self.bottleneck:
-            if kind == "attention":
-                x = SelfAttention(self.dtype, name="attention")(x)
-            elif kind == "vae":
-                if train or self.test_noise:
-                    eps = jax.random.normal(self.make_rng("noise"), x.shape, jnp.float32)
-                    x = x + (eps * jnp.exp(0.5 * x.astype(jnp.float32))).astype(x.dtype)
-            else:
-                raise ValueError(f"unknown DRAEM bottleneck {kind!r}; choose from "
-                                 f"{', '.join(BOTTLENECKS)}.")
+        if self.bottleneck:
+            x = Bottleneck(tuple(self.bottleneck), self.test_noise, self.dtype,
+                           name="bottleneck")(x, train)
         for i, (up, out) in enumerate(((8, 4), (4, 2), (2, 1), (1, 1))):
             x = ConvBNReLU(b * up, self.dtype, name=f"up{i + 1}")(_up(x), train)
             x = Block(b * out, middle=b * up, dtype=self.dtype, name=f"db{i + 1}")(x, train)

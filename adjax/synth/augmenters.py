@@ -4,8 +4,8 @@ Each augmenter takes a key and ONE [H, W, 3] image with values in [0, 255] (floa
 the augmented image rounded and clipped to the uint8 range, as imgaug's uint8 pipeline does
 after every step; `augment` applies `count` of them drawn without replacement, in the drawn
 order (the reference: 3 of 10, `iaa.Sequential` of `np.random.choice(10, 3, replace=False)`).
-Under `jax.vmap` `lax.switch` evaluates every branch and selects, so a batch costs ten
-augmenters per draw; they are cheap beside the networks.
+Under `jax.vmap` `lax.switch` evaluates every branch and selects; `adjax.synth.draem` maps
+`augment` over the batch instead, so that only the drawn augmenters run.
 
 The reference's augmenters (VitjanZ/DRAEM `data_loader.py`) and where these differ:
 
@@ -174,8 +174,9 @@ AUGMENTERS: tuple[Callable[[jax.Array, jax.Array], jax.Array], ...] = (
 def augment(key: jax.Array, x: jax.Array, count: int = 3) -> jax.Array:
     """`count` distinct augmenters of `AUGMENTERS`, drawn without replacement, applied in the
     drawn order to one [H, W, 3] image in [0, 255]."""
-    k_choice, *keys = jax.random.split(key, count + 1)
+    k_choice, k_steps = jax.random.split(key)
     chosen = jax.random.permutation(k_choice, len(AUGMENTERS))[:count]
-    for i, k in enumerate(keys):
-        x = jax.lax.switch(chosen[i], AUGMENTERS, k, x)
-    return x
+    keys = jax.random.split(k_steps, count)
+    # A loop, not `count` copies of the switch: XLA compiles the ten augmenters once.
+    return jax.lax.fori_loop(
+        0, count, lambda i, y: jax.lax.switch(chosen[i], AUGMENTERS, keys[i], y), x)

@@ -101,10 +101,10 @@ def _rectangle(key: jax.Array, shape: tuple[int, int],
     return inside.astype(jnp.float32)
 
 
-def _one(key: jax.Array, image: jax.Array, texture: jax.Array,
+def _one(key: jax.Array, image: jax.Array, source: jax.Array,
          spec: Spec) -> dict[str, jax.Array]:
     shape = image.shape[:2]
-    k_rot, k_angle, k_path, k_perlin, k_aug, k_opacity, k_cut = jax.random.split(key, 7)
+    k_rot, k_angle, k_path, k_perlin, k_opacity, k_cut = jax.random.split(key, 6)
     angle = jax.random.uniform(k_angle, (), minval=-spec.rotate_degrees,
                                maxval=spec.rotate_degrees)
     image = jnp.where(jax.random.bernoulli(k_rot, spec.rotate_p), rotate(image, angle), image)
@@ -117,7 +117,6 @@ def _one(key: jax.Array, image: jax.Array, texture: jax.Array,
                          rotate_degrees=spec.noise_rotate, threshold=spec.threshold), 0.0))
     if spec.focused:
         mask = mask * jnp.any(image != 0.0, axis=-1)
-    source = augment(k_aug, texture.astype(jnp.float32), spec.augmenters) / 255.0
     lo, hi = BLENDS[spec.blend]
     # The code's 1 - 0.8 U[0, 1) lies in (0.2, 1]; U over [lo, hi) reversed gives the same.
     opacity = hi + lo - jax.random.uniform(k_opacity, (), minval=lo, maxval=hi)
@@ -126,7 +125,8 @@ def _one(key: jax.Array, image: jax.Array, texture: jax.Array,
     m = mask[..., None]
     augmented = image * (1.0 - m) + m * (opacity * source + (1.0 - opacity) * image)
     return {"image": image, "augmented": augmented, "mask": mask,
-            "label": jnp.any(mask > 0).astype(jnp.int32)}
+            "label": jnp.any(mask > 0).astype(jnp.int32),
+            "path": jnp.where(cutout, 2, jnp.where(perlin, 1, 0))}
 
 
 def synthesize(key: jax.Array, images: jax.Array, textures: jax.Array,
@@ -142,10 +142,16 @@ def synthesize(key: jax.Array, images: jax.Array, textures: jax.Array,
     Returns:
       {"image": the (possibly rotated) normal images, the reconstruction target;
        "augmented": the images with their anomalies; "mask": [B, H, W] float in {0, 1};
-       "label": [B] int32, 1 where the mask is not empty}.
+       "label": [B] int32, 1 where the mask is not empty; "path": [B] int32, the path drawn
+       (0 clean, 1 Perlin, 2 cutout)}.
     """
     if textures.shape[:3] != images.shape[:3]:
         raise ValueError(f"textures {textures.shape} do not match images {images.shape}: both "
                          f"need the same batch and size.")
     keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, x, t: _one(k, x, t, spec))(keys, images, textures)
+    # A map, not vmap: `lax.switch` under vmap would compute all ten augmenters for each draw;
+    # looping over the images runs only the three drawn (on a CPU half the step's time).
+    sources = jax.lax.map(
+        lambda kt: augment(jax.random.fold_in(kt[0], 1), kt[1].astype(jnp.float32),
+                           spec.augmenters), (keys, textures)) / 255.0
+    return jax.vmap(lambda k, x, t: _one(k, x, t, spec))(keys, images, sources)

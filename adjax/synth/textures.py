@@ -8,8 +8,8 @@ Both are uint8 [N, S, S, 3] arrays that the trainer keeps on the device as an ex
 
 Without a folder, `procedural_textures` draws a fixed set of textures on the host from a seed:
 two random colours mixed by a sum of three random gratings (orientation, frequency 1-24 cycles
-per image, phase), half of them thresholded into hard-edged stripes and checks, plus pixel
-noise. They are not DTD: results with them are not the paper's, and a run's record says which
+per image, phase), half of them thresholded into hard-edged stripes and checks, a quarter of
+one colour only, plus pixel noise. They are not DTD: results with them are not the paper's, and a run's record says which
 source it used.
 """
 
@@ -60,6 +60,8 @@ def procedural_textures(count: int, image_size: int, seed: int = 0) -> np.ndarra
         if rng.random() < 0.5:
             pattern = (pattern > rng.uniform(0.3, 0.7)).astype(np.float32)
         colours = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+        if rng.random() < 0.25:  # one colour: flat fills (the stains and cavities of real data)
+            colours[1] = colours[0]
         image = colours[0] * (1 - pattern[..., None]) + colours[1] * pattern[..., None]
         image += rng.normal(0, rng.uniform(0, 20), image.shape)
         out[i] = np.clip(np.round(image), 0, 255).astype(np.uint8)
