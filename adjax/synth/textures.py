@@ -9,8 +9,8 @@ Both are uint8 [N, S, S, 3] arrays that the trainer keeps on the device as an ex
 Without a folder, `procedural_textures` draws a fixed set of textures on the host from a seed:
 two random colours mixed by a sum of three random gratings (orientation, frequency 1-24 cycles
 per image, phase), half of them thresholded into hard-edged stripes and checks, a quarter of
-one colour only, plus pixel noise. They are not DTD: results with them are not the paper's, and a run's record says which
-source it used.
+one colour only, plus pixel noise. They are not DTD: results with them are not the paper's,
+and a run's record says which source it used.
 """
 
 import os
