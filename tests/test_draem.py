@@ -469,9 +469,10 @@ def test_lpips_import_and_distance(tmp_path):
     np.testing.assert_array_equal(params["trunk"]["Conv2d_1"]["conv"]["kernel"],
                                   trunk["features.3.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(params["lin4"], lin["lin4.model.1.weight"].ravel())
-    distance = np.asarray(LPIPS().apply(variables, x, x[::-1]))
+    apply = jax.jit(LPIPS().apply)
+    distance = np.asarray(apply(variables, x, x[::-1]))
     assert distance.shape == (2,) and (distance > 0).all()
-    np.testing.assert_allclose(np.asarray(LPIPS().apply(variables, x, x)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(apply(variables, x, x)), 0.0, atol=1e-6)
     # The SqueezeNet variant's linear layers (7 taps) do not fit: one sentence naming the file.
     _lpips_files(tmp_path, lin_channels=(64, 128, 256, 384, 384, 512, 512))
     with pytest.raises(WeightsError, match=re.escape(f"weights file {tmp_path / 'lin.npz'} "
