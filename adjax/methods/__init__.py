@@ -68,6 +68,12 @@ class Method(Protocol):
     def describe(self, state: Any) -> dict[str, Any]: ...
 
 
+def _draem(config):
+    from adjax.methods.draem import DRAEM
+
+    return DRAEM(config)
+
+
 def _efficientad(config):
     from adjax.methods.efficientad import EfficientAD
 
@@ -135,6 +141,7 @@ def _vtadl(config):
 
 
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
+    "draem": _draem,
     "efficientad": _efficientad,
     "efficientad_distill": _efficientad_distill,
     "capsnet": _capsnet,

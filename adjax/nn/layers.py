@@ -43,18 +43,19 @@ class Conv2d(nn.Module):
       kernel: square kernel size.
       stride: square stride.
       padding: zeros added on every side (PyTorch's integer `padding`).
+      kernel_init: the weight's initialiser (PyTorch's default unless a reference re-draws it,
+        e.g. DRAEM's N(0, 0.02)); the bias keeps PyTorch's default.
       dtype: computation dtype (parameters stay float32).
       use_bias: False for PyTorch's `bias=False`.
-      kernel_init: the kernel's initialisation (PyTorch's default unless given).
     """
 
     features: int
     kernel: int
     stride: int = 1
     padding: int = 0
+    kernel_init: Callable = torch_kernel_init
     dtype: jnp.dtype | None = None
     use_bias: bool = True
-    kernel_init: Callable = torch_kernel_init
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -108,11 +109,13 @@ class ConvTranspose2d(nn.Module):
                                 dtype=self.dtype, name="conv")(x)
 
 
-def batch_norm(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str, dtype: Any = None,
+               scale_init: Callable = nn.initializers.ones) -> nn.BatchNorm:
     """`torch.nn.BatchNorm2d` / `BatchNorm1d` defaults: the running averages move by 0.1 of
-    the batch statistics (Flax counts the other way: momentum 0.9), eps 1e-5."""
+    the batch statistics (Flax counts the other way: momentum 0.9), eps 1e-5. `scale_init`
+    replaces the weight's default of ones where a reference re-draws it."""
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        name=name)
+                        scale_init=scale_init, name=name)
 
 
 def avg_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
