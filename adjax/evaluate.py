@@ -203,6 +203,15 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     how, q, k = config.eval.threshold, config.eval.threshold_q, config.eval.threshold_k
     computed |= thresholded(scores, test.labels, val_scores, how, q, k, "image")
     computed |= thresholded(pixel_maps, masks, val_maps, how, q, k, "pixel")
+    if config.eval.get("per_image_threshold"):  # seed 001's protocol (supervised maps)
+        computed |= metrics.per_image(pixel_maps, masks, config.eval.per_image_threshold,
+                                      curve_points=101 if save_images else 0)
+        if save_images and "per_image_mean_roc" in computed:
+            from adjax import viz
+
+            curve = computed.pop("per_image_mean_roc")
+            viz.save_mean_roc(curve["fpr"], curve["tpr"], workdir / "images",
+                              auroc=computed["per_image_pixel_auroc"])
     numbers = {key: (None if math.isnan(v) else v) for key, v in computed.items()
                if isinstance(v, float | int) and not isinstance(v, bool)}
     numbers |= training_time(workdir)

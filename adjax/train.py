@@ -189,10 +189,14 @@ class OpenRun:
 
     @property
     def pools(self) -> dict[str, Any]:
-        """The training split as the trainer's "train" pool (none for a streaming method)."""
+        """The training split as the trainer's "train" pool (none for a streaming method);
+        with its masks when it holds anomalous images (supervised methods)."""
         if self.train_split is None:
             return {}
-        return {"image": self.train_split.images, "label": self.train_split.labels}
+        pool = {"image": self.train_split.images, "label": self.train_split.labels}
+        if self.train_split.labels.any():
+            pool["mask"] = self.train_split.masks
+        return pool
 
     def where(self, devices: str) -> str:
         if self.train_split is None:

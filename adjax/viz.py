@@ -234,6 +234,21 @@ def save_curves(curves: Mapping[str, Any], out_dir: str | os.PathLike, *, title:
     return [_write_png(fig, out / name) for name, fig in figures if fig is not None]
 
 
+def save_mean_roc(fpr, tpr, out_dir: str | os.PathLike, *, title: str = "",
+                  auroc: float | None = None) -> pathlib.Path:
+    """Writes ``mean_roc.png``: the per-image pixel ROC curves averaged over images
+    (``adjax.metrics.per_image(..., curve_points=n)["per_image_mean_roc"]``), with the mean of
+    the per-image AUROCs in the legend when given."""
+    fig, ax = _new_axes(title, "mean per-image pixel ROC")
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
+    label = "mean over images" + (f": mean AUROC {auroc:.4f}" if auroc is not None else "")
+    ax.plot(fpr, tpr, color=_PIXEL_COLOR, lw=1.8, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate",
+           ylabel="true positive rate")
+    ax.legend(loc="lower right", fontsize="small")
+    return _write_png(fig, _out_dir(out_dir) / "mean_roc.png")
+
+
 # --------------------------------------------------------------------------------------------
 # Worst / best images
 # --------------------------------------------------------------------------------------------

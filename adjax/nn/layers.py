@@ -43,17 +43,18 @@ class Conv2d(nn.Module):
       kernel: square kernel size.
       stride: square stride.
       padding: zeros added on every side (PyTorch's integer `padding`).
-      kernel_init: the weight's initialiser (PyTorch's default unless a reference re-draws it,
-        e.g. DRAEM's N(0, 0.02)); the bias keeps PyTorch's default.
       dtype: computation dtype (parameters stay float32).
+      use_bias: False for PyTorch's `bias=False`.
+      kernel_init: the kernel's initialisation (PyTorch's default unless given).
     """
 
     features: int
     kernel: int
     stride: int = 1
     padding: int = 0
-    kernel_init: Callable = torch_kernel_init
     dtype: jnp.dtype | None = None
+    use_bias: bool = True
+    kernel_init: Callable = torch_kernel_init
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -68,6 +69,7 @@ class Conv2d(nn.Module):
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
             padding="VALID",
+            use_bias=self.use_bias,
             kernel_init=self.kernel_init,
             bias_init=torch_bias_init(x.shape[-1] * self.kernel * self.kernel),
             dtype=self.dtype,
@@ -82,7 +84,7 @@ class ConvTranspose2d(nn.Module):
     `transpose_kernel=True` on the stride-dilated input padded by k - 1 - p on each side. The
     kernel is [kh, kw, out, in] (PyTorch's [in, out, kh, kw] transposed). Initialisation:
     PyTorch's default unless `kernel_init` is given; the bias PyTorch's default, or zeros with
-    `zero_bias`.
+    `zero_bias`, or none with `use_bias=False`.
     """
 
     features: int
@@ -92,6 +94,7 @@ class ConvTranspose2d(nn.Module):
     kernel_init: Callable = torch_kernel_init
     zero_bias: bool = False
     dtype: Any = None
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -100,8 +103,9 @@ class ConvTranspose2d(nn.Module):
                      else torch_bias_init(self.features * self.kernel * self.kernel))
         return nn.ConvTranspose(self.features, (self.kernel, self.kernel),
                                 (self.stride, self.stride), padding=((edge, edge), (edge, edge)),
-                                transpose_kernel=True, kernel_init=self.kernel_init,
-                                bias_init=bias_init, dtype=self.dtype, name="conv")(x)
+                                transpose_kernel=True, use_bias=self.use_bias,
+                                kernel_init=self.kernel_init, bias_init=bias_init,
+                                dtype=self.dtype, name="conv")(x)
 
 
 def batch_norm(train: bool, name: str, dtype: Any = None,
