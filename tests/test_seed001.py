@@ -306,7 +306,7 @@ def _unet_config(**model):
     return cfg
 
 
-def test_supervised_unet_needs_anomalous_training_images_and_a_vae():
+def test_supervised_unet_needs_anomalous_training_images_and_a_vae(tmp_path):
     cfg = _unet_config(inputs="image")
     cfg.data.supervised_fraction = 0.0
     with pytest.raises(ValueError, match="config.data.supervised_fraction is 0"):
@@ -315,6 +315,8 @@ def test_supervised_unet_needs_anomalous_training_images_and_a_vae():
         build(_unet_config(vae_workdir=""))
     with pytest.raises(ValueError, match="config.model.inputs"):
         build(_unet_config(inputs="depth"))
+    with pytest.raises(ValueError, match="config.model.vae_workdir: .* does not exist"):
+        build(_unet_config(vae_workdir=str(tmp_path))).pretrained()
 
 
 def test_supervised_unet_step_with_consistency_and_the_vae_residual(vae_method):

@@ -145,6 +145,7 @@ class SupervisedUNet(MethodBase):
             return None
         from adjax import evaluate
 
+        self.vae_run  # noqa: B018 -- says which key names a missing or wrong run
         _, _, state = evaluate.load_run(self.config.model.vae_workdir)
         return jax.tree.map(np.asarray, {"params": state.params,
                                          "batch_stats": state.batch_stats})

@@ -43,18 +43,19 @@ class Conv2d(nn.Module):
       kernel: square kernel size.
       stride: square stride.
       padding: zeros added on every side (PyTorch's integer `padding`).
+      kernel_init: the weight's initialiser (PyTorch's default unless a reference re-draws it,
+        e.g. DRAEM's N(0, 0.02)); the bias keeps PyTorch's default.
       dtype: computation dtype (parameters stay float32).
       use_bias: False for PyTorch's `bias=False`.
-      kernel_init: the kernel's initialisation (PyTorch's default unless given).
     """
 
     features: int
     kernel: int
     stride: int = 1
     padding: int = 0
+    kernel_init: Callable = torch_kernel_init
     dtype: jnp.dtype | None = None
     use_bias: bool = True
-    kernel_init: Callable = torch_kernel_init
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
