@@ -315,6 +315,17 @@ def test_progress_lines_come_by_steps_and_by_time_and_leave_out_the_compile():
     assert len(lines) == 3
     assert lines[2] == "step 16/1000  loss 0.5000  0.5 steps/s  ETA 00:32:48"
 
+    def waits(seconds):  # fetching the loss waits for the steps still queued on the device
+        def loss():
+            clock.now += seconds
+            return 0.25
+        return loss
+
+    for step in range(17, 517):  # dispatched at once: no time passes until the loss is read
+        progress.update(step, waits(0.0 if step < 516 else 249.5))
+    # steps 2-516 took 30 + 249.5 s in all: the rate counts the wait, not the dispatches
+    assert lines[3] == "step 516/1000  loss 0.2500  1.84 steps/s  ETA 00:04:23"
+
 
 def test_predict_scores_new_images(host_reference, tmp_path, synth_root):
     cfg, _, workdir = host_reference
