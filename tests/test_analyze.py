@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -126,11 +127,14 @@ def test_shared_pairs_are_the_same_in_every_set(summary):
     ("category", "MVTec AD category folder {tmp}/data/dog does not exist"),
     ("empty", "MVTec AD folder {tmp}/data/cat/train/good holds no images"),
     ("out", "the output folder {tmp}/file/out cannot be created"),
+    ("weights", "weights file {tmp}/resnet18.pth does not exist"),
+    ("image_size", "--image_size 8 is below 16 pixels"),
+    ("layout", "--layout 'folder' is not one of mvtec_ad, mpdd, btad, visa"),
 ])
 def test_bad_input_is_one_sentence(tmp_path, case, expected):
     data = _write_category(tmp_path / "data", {"train/good": 2, "test/good": 2}, size=8)
     (tmp_path / "file").write_text("")
-    root, category, out = data, "cat", tmp_path / "out"
+    root, category, out, kwargs = data, "cat", tmp_path / "out", {}
     if case == "root":
         root = tmp_path / "nowhere"
     elif case == "category":
@@ -140,9 +144,16 @@ def test_bad_input_is_one_sentence(tmp_path, case, expected):
             p.unlink()
     elif case == "out":
         out = tmp_path / "file" / "out"
-    with pytest.raises((DataError, OutputError), match="^" + expected.format(tmp=tmp_path)):
-        analyze.analyze(root, category, out)
-    assert not (tmp_path / "out").exists()
+    elif case == "weights":
+        kwargs["weights"] = str(tmp_path / "resnet18.pth")
+    elif case == "image_size":
+        kwargs["image_size"] = 8
+    elif case == "layout":
+        kwargs["layout"] = "folder"
+    with pytest.raises((DataError, OutputError, FileNotFoundError),
+                       match="^" + re.escape(expected.format(tmp=tmp_path))):
+        analyze.analyze(root, category, out, **kwargs)
+    assert not list((tmp_path / "out").glob("*"))
 
 
 def test_command_reports_bad_input_in_one_sentence(tmp_path):
@@ -154,3 +165,16 @@ def test_command_reports_bad_input_in_one_sentence(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (f"adjax analyze: error: MVTec AD root folder "
                                    f"{tmp_path}/nowhere does not exist")
+
+
+def test_weights_from_a_msgpack_file(tmp_path):
+    """--weights reads `adjax weights import`'s msgpack (shapes only are initialised)."""
+    from adjax import weights
+
+    variables = analyze.resnet_variables(28, 3, None)
+    path = weights.write_flax(tmp_path / "resnet18.msgpack", variables)
+    loaded = analyze.resnet_variables(28, 0, str(path))
+    np.testing.assert_array_equal(loaded["params"]["conv1"]["kernel"],
+                                  variables["params"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(loaded["batch_stats"]["layer4_1"]["bn2"]["var"],
+                                  variables["batch_stats"]["layer4_1"]["bn2"]["var"])
