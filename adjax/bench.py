@@ -431,7 +431,7 @@ class _Adjax:
         rng = np.random.default_rng(cfg.seed)
         mesh = runtime.make_mesh(batch, log=log)
         n = max(batch, _POOL_IMAGES)
-        train = _random_split(rng, n, size)
+        train = _random_split(rng, n, size, method.trains_on_masks)
         extra = method.extra_pools()
         sources = {"train": "random uint8"} | {k: "images of the config" for k in extra}
         for name in add_pools:
@@ -527,8 +527,8 @@ def time_matrix(config: ml_collections.ConfigDict, runs: int, *, repeats: int, w
         cfg.train.batch_size = batch
         method = methods.build(cfg)
         rng = np.random.default_rng(cfg.seed)
-        splits = [_random_split(rng, max(batch, _POOL_IMAGES), cfg.data.image_size)
-                  for _ in range(runs)]
+        splits = [_random_split(rng, max(batch, _POOL_IMAGES), cfg.data.image_size,
+                                method.trains_on_masks) for _ in range(runs)]
         one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
         states = [jax.device_put(method.init(jax.random.key(i), split), one)
@@ -632,7 +632,12 @@ def flops_per_image(config: ml_collections.ConfigDict) -> int:
     return count_flops(method.predict, state, split["image"])
 
 
-def _random_split(rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
-    """A training split of `n` random uint8 images, all labelled normal (0)."""
-    return {"image": rng.integers(0, 256, (n, size, size, 3), np.uint8),
-            "label": np.zeros(n, np.int32)}
+def _random_split(rng: np.random.Generator, n: int, size: int,
+                  masks: bool = False) -> dict[str, np.ndarray]:
+    """A training split of `n` random uint8 images, all labelled normal (0); with `masks`
+    (a supervised method), all labelled anomalous with random {0, 1} masks."""
+    split = {"image": rng.integers(0, 256, (n, size, size, 3), np.uint8),
+             "label": np.full(n, int(masks), np.int32)}
+    if masks:
+        split["mask"] = rng.integers(0, 2, (n, size, size), np.uint8)
+    return split

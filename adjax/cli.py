@@ -32,6 +32,9 @@ commands:
   weights import  convert published PyTorch weights (or a distilled teacher) to Flax msgpack
                adjax weights import --from=teacher_small.pth --to=pdn_s.msgpack
                    --kind=efficientad_teacher_s
+  analyze      seed 000's data-set analyses: pairwise MSE / 1-SSIM histograms, ResNet-18
+               features with PCA and t-SNE (PNG plots and summary.json)
+               adjax analyze --root=data/mvtec_ad --category=bottle --out=analysis/bottle
   tables       render tables from stored results records (adjax runs and published numbers)
                adjax tables --source=all --dataset=mvtec_ad
                adjax tables --list;  adjax tables --table=6.3 --publication=Mishra
@@ -289,6 +292,15 @@ def _weights() -> None:
           f"parameters, from {source}; sha256 {weights.sha256(path)})")
 
 
+def _analyze() -> None:
+    from adjax import analyze
+
+    analyze.analyze(FLAGS.root, FLAGS.category, FLAGS.out, layout=FLAGS.layout,
+                    image_size=FLAGS.image_size, weights=FLAGS.weights,
+                    half_pairs=FLAGS.half_pairs, seed=FLAGS.seed, log=_say)
+    print(f"adjax: wrote distances.png, pca.png, tsne.png and summary.json to {FLAGS.out}")
+
+
 def _define_config() -> None:
     from ml_collections import config_flags
 
@@ -366,6 +378,22 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("to", None, "The Flax msgpack file to write.", required=True)
         flags.DEFINE_enum("kind", None, list(KINDS), "What the weights are.", required=True)
         return _weights
+    if command == "analyze":
+        flags.DEFINE_string("root", None, "The data set root (the folder of the categories).",
+                            required=True)
+        flags.DEFINE_string("category", None, "The category folder.", required=True)
+        flags.DEFINE_string("out", None, "Folder for distances.png, pca.png, tsne.png and "
+                            "summary.json.", required=True)
+        flags.DEFINE_string("layout", "mvtec_ad", "Folder layout: mvtec_ad, mpdd, btad, visa.")
+        flags.DEFINE_integer("image_size", 256, "Side the images are resized to.")
+        flags.DEFINE_string("weights", None, "torchvision ResNet-18 weights (.pth, "
+                            ".safetensors, or a .msgpack of `adjax weights import "
+                            "--kind=resnet18`); default: a random initialisation.")
+        flags.DEFINE_bool("half_pairs", False, "Within a set, only the pairs i < j with i < "
+                          "ceil(n/2), as the seed repository's loop.")
+        flags.DEFINE_integer("seed", 42, "t-SNE's and PCA's random state and the ResNet "
+                             "initialisation's seed.")
+        return _analyze
     if command == "tables":
         flags.DEFINE_multi_string("results", ["results"], "Folder of results records or of "
                                   "work directories, searched recursively (non-record JSON is "

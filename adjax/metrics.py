@@ -693,3 +693,60 @@ def binary_metrics(scores, labels, threshold: float) -> dict[str, float]:
             "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
             "f1": ratio(2 * tp, 2 * tp + fp + fn), "iou": ratio(tp, tp + fp + fn),
             "accuracy": ratio(tp + tn, y.size), "threshold": float(threshold)}
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of the exact ROC curve of one set of scores, from (0, 0) to (1, 1), one
+    point per distinct score (ties form one threshold)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # the end of each tie group
+    tps, fps = np.cumsum(y)[last], np.cumsum(1.0 - y)[last]
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def per_image(anomaly_maps, gt_masks, threshold: float,
+              curve_points: int = 0) -> dict[str, Any]:
+    """The per-image protocol of seed 001 (Ferreira 2023, eqs. 5.1-5.6): metrics of each
+    image's pixels, then averaged over images.
+
+    Over the images whose mask has at least one anomalous pixel (the thesis's test images all
+    do; images without any are left out, as their pixel AUROC is undefined): the means of the
+    pixel accuracy, F1 (Dice) and IoU of the decision ``map >= threshold`` (an image with no
+    anomalous pixel predicted counts F1 = IoU = 0), and of the pixel AUROC (equal to
+    ``roc_auc_score`` of the image's pixels; ties averaged). Returns ``per_image_accuracy``,
+    ``per_image_f1``, ``per_image_iou``, ``per_image_pixel_auroc``, ``per_image_count`` (the
+    images averaged) and ``per_image_threshold``; with ``curve_points`` also
+    ``per_image_mean_roc``: {"fpr": a grid of that many points on [0, 1], "tpr": the images'
+    ROC curves interpolated on it and averaged} (the thesis's Figs 5.6, 5.8, 5.14).
+    """
+    from scipy.stats import rankdata
+
+    maps, masks = _as_maps(anomaly_maps, "anomaly_maps"), _binary(gt_masks, "gt_masks")
+    if np.shape(maps) != masks.shape:
+        raise ValueError(f"anomaly_maps {np.shape(maps)} and gt_masks {masks.shape} differ "
+                         f"in shape.")
+    out = {"accuracy": [], "f1": [], "iou": [], "pixel_auroc": []}
+    grid = np.linspace(0.0, 1.0, max(curve_points, 2))
+    tprs = []
+    for amap, mask in zip(maps, masks, strict=True):
+        y = mask.ravel()
+        n_pos = int(y.sum())
+        if n_pos == 0:
+            continue
+        b = binary_metrics(amap, mask, threshold)  # tp + fn > 0: f1 and iou are defined
+        for key in ("accuracy", "f1", "iou"):
+            out[key].append(b[key])
+        n_neg = y.size - n_pos
+        if n_neg:
+            ranks = rankdata(np.asarray(amap, np.float64).ravel())
+            out["pixel_auroc"].append((ranks[y].sum() - n_pos * (n_pos + 1) / 2)
+                                      / (n_pos * n_neg))
+            if curve_points:
+                fpr, tpr = roc_points(np.asarray(amap, np.float64).ravel(), y)
+                tprs.append(np.interp(grid, fpr, tpr))
+    result = {f"per_image_{k}": float(np.mean(v)) if v else math.nan for k, v in out.items()}
+    result |= {"per_image_count": len(out["f1"]), "per_image_threshold": float(threshold)}
+    if curve_points and tprs:
+        result["per_image_mean_roc"] = {"fpr": grid, "tpr": np.mean(tprs, axis=0)}
+    return result

@@ -37,7 +37,7 @@ _CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 # Words of a metric name that make it no fraction: sizes and counts, times and rates, decision
 # thresholds (scores) and reconstruction errors.
 _RAW_WORDS = {"params", "gflops", "batch", "bytes", "s", "ms", "latency", "epochs", "threshold",
-              "recon"}
+              "recon", "count"}
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent
 _CPUINFO = pathlib.Path("/proc/cpuinfo")
@@ -51,8 +51,9 @@ def is_fraction(name: str) -> bool:
     """Whether metric `name` is a fraction in [0, 1] (validated so, printed in percent).
 
     A name is not a fraction when one of its `_`-separated words is in `_RAW_WORDS`: counts
-    and sizes (`params`, `gflops_per_image`, `train_batch`, `peak_bytes`), times and rates
-    (`compile_s`, `latency_ms_b1`, `images_per_s`, `train_s_per_100_epochs`), decision
+    and sizes (`params`, `gflops_per_image`, `train_batch`, `peak_bytes`, `per_image_count`),
+    times and rates (`compile_s`, `latency_ms_b1`, `images_per_s`, `train_s_per_100_epochs`),
+    decision
     thresholds (`image_f1_threshold`, `image_threshold_val_quantile`: they are scores) and
     reconstruction errors (`recon_mse`).
     """

@@ -415,16 +415,31 @@ _SPEED_COLUMNS = (
     ("params (M)", "params", "{:.3f}"),
     ("compile (s)", "compile_s", "{:.1f}"),
 )
+# (column header, ratio name) of the side-by-side columns: the peer's seconds over adjax's for
+# the same work, median over rounds with the rounds' range (above 1: adjax is faster).
+_PEER_COLUMNS = (("peer/adjax train", "train"), ("peer/adjax latency", "latency"))
+
+
+def _peer_ratio(bench: dict[str, Any], name: str) -> str:
+    """'0.78 (0.77–0.85)': a side-by-side record's ratio with its spread over rounds."""
+    median = bench.get(f"peer_ratio_{name}")
+    if median is None:
+        return MISSING
+    low, high = bench.get(f"peer_ratio_{name}_min"), bench.get(f"peer_ratio_{name}_max")
+    if low is None or high is None:
+        return f"{median:.2f}"
+    return f"{median:.2f} ({low:.2f}–{high:.2f})"
 
 
 def speed_table(records: Sequence[dict[str, Any]], *, fmt: str = "md") -> str:
     """The `bench` records as one row each: method, the day measured, host, device, precision
     and the measured rates (training images/s, batch-1 latency host -> device -> host, best
-    inference images/s, ...)."""
+    inference images/s, ...); a side-by-side record adds its peer/adjax ratios with their
+    spread over rounds."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt {fmt!r} is not one of {', '.join(FORMATS)}.")
     header = ["method", "variant", "source", "date", "host", "device", "precision",
-              "image size", *(c[0] for c in _SPEED_COLUMNS)]
+              "image size", *(c[0] for c in _SPEED_COLUMNS), *(c[0] for c in _PEER_COLUMNS)]
     rows = []
     for r in sorted((r for r in records if r["kind"] == "bench"),
                     key=lambda r: (r["method"], r["variant"], r["env"].get("device_kind", ""),
@@ -437,6 +452,7 @@ def speed_table(records: Sequence[dict[str, Any]], *, fmt: str = "md") -> str:
             if name == "params" and value is not None:
                 value = value / 1e6
             cells.append(MISSING if value is None else form.format(value))
+        cells += [_peer_ratio(b, name) for _, name in _PEER_COLUMNS]
         rows.append([r["method"], r["variant"], r["source"], _day(r),
                      str(env.get("host") or MISSING), device, b.get("precision", "?"),
                      str(r["image_size"]), *cells])

@@ -141,20 +141,27 @@ class Progress:
 
     def update(self, step: int, loss: Callable[[], float]) -> None:
         """Called after each call (chunk or host step) with the step reached; `loss()` fetches
-        the last loss only when a line is printed."""
-        now = self.clock()
+        the last loss only when a line is printed.
+
+        A call returns when its work is dispatched, not done: the clock is read again after
+        `loss()` has waited for the device, so that times and rates count finished steps.
+        """
         if self.first is None:
-            self.first = (step, now)
+            value = loss()
+            self.first = (step, self.clock())
             self.log(f"adjax: compiled and ran the first {step - self.last_step} step(s) in "
-                     f"{now - self.began:.1f} s; training goes on")
+                     f"{self.first[1] - self.began:.1f} s; training goes on")
+        now = self.clock()
         due = (step - self.last_step >= self.every or now - self.last_time >= self.seconds
                or step == self.total)
         if not due:
             return
+        value = loss()
+        now = self.clock()
         rate = self.rate(step, now)
         speed = "" if rate is None else (
             f"  {rate:.3g} steps/s  ETA {_duration((self.total - step) / rate)}")
-        self.log(f"step {step}/{self.total}  loss {loss():.4f}{speed}")
+        self.log(f"step {step}/{self.total}  loss {value:.4f}{speed}")
         self.last_step, self.last_time = step, now
 
 
@@ -192,10 +199,14 @@ class OpenRun:
 
     @property
     def pools(self) -> dict[str, Any]:
-        """The training split as the trainer's "train" pool (none for a streaming method)."""
+        """The training split as the trainer's "train" pool (none for a streaming method);
+        with its masks when it holds anomalous images (supervised methods)."""
         if self.train_split is None:
             return {}
-        return {"image": self.train_split.images, "label": self.train_split.labels}
+        pool = {"image": self.train_split.images, "label": self.train_split.labels}
+        if self.train_split.labels.any():
+            pool["mask"] = self.train_split.masks
+        return pool
 
     def where(self, devices: str) -> str:
         if self.train_split is None:

@@ -1,4 +1,5 @@
-"""PNG figures for ``adjax eval --save_images``: metric curves and per-image overlays.
+"""PNG figures for ``adjax eval --save_images`` (metric curves and per-image overlays) and
+``adjax analyze``.
 
 Everything is drawn with matplotlib's object API (``Figure`` + the Agg canvas), so nothing here
 touches pyplot's global state or needs a display, and the functions are safe to call from
@@ -12,6 +13,8 @@ file and an interrupted run leaves no partial PNG behind.
   ``pick_worst_and_best``): the image with its ground-truth contour, and the image under the
   anomaly map as a heat overlay.
 * ``save_all`` -- both.
+* ``save_histograms``, ``save_scatter`` -- the figures of ``adjax analyze`` (distance
+  histograms; PCA and t-SNE projections coloured by group).
 
 The areas printed in the legends are recomputed from the plotted curve points. They match the
 metrics of ``adjax.metrics`` when the curve holds every distinct threshold, and are close to
@@ -36,7 +39,8 @@ from matplotlib.figure import Figure
 
 from adjax import files
 
-__all__ = ["pick_worst_and_best", "save_all", "save_curves", "save_overlays"]
+__all__ = ["pick_worst_and_best", "save_all", "save_curves", "save_histograms", "save_overlays",
+           "save_scatter"]
 
 _DPI = 100
 _IMAGE_COLOR = "tab:blue"
@@ -232,6 +236,21 @@ def save_curves(curves: Mapping[str, Any], out_dir: str | os.PathLike, *, title:
         return []
     out = _out_dir(out_dir)
     return [_write_png(fig, out / name) for name, fig in figures if fig is not None]
+
+
+def save_mean_roc(fpr, tpr, out_dir: str | os.PathLike, *, title: str = "",
+                  auroc: float | None = None) -> pathlib.Path:
+    """Writes ``mean_roc.png``: the per-image pixel ROC curves averaged over images
+    (``adjax.metrics.per_image(..., curve_points=n)["per_image_mean_roc"]``), with the mean of
+    the per-image AUROCs in the legend when given."""
+    fig, ax = _new_axes(title, "mean per-image pixel ROC")
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
+    label = "mean over images" + (f": mean AUROC {auroc:.4f}" if auroc is not None else "")
+    ax.plot(fpr, tpr, color=_PIXEL_COLOR, lw=1.8, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate",
+           ylabel="true positive rate")
+    ax.legend(loc="lower right", fontsize="small")
+    return _write_png(fig, _out_dir(out_dir) / "mean_roc.png")
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,3 +470,49 @@ def save_all(result: Mapping[str, Any], images, maps, masks, scores, labels,
                          "with_curves=True)")
     paths = save_curves(result["curves"], out_dir, exact=result, **curve_kw)
     return paths + save_overlays(images, maps, masks, scores, labels, out_dir, **overlay_kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Data-set analyses (adjax.analyze)
+# --------------------------------------------------------------------------------------------
+
+
+def save_histograms(groups: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike,
+                    metric_names: Mapping[str, str], *, title: str = "",
+                    bins: int = 20) -> pathlib.Path:
+    """One panel per metric: each group's values as a step histogram of `bins` bins over the
+    metric's common range, in percent of the group's values (as seed 000's figures)."""
+    fig = Figure(figsize=(6.0 * len(metric_names), 5.0), layout="constrained")
+    if title:
+        fig.suptitle(title)
+    for k, (metric, name) in enumerate(metric_names.items()):
+        ax = fig.add_subplot(1, len(metric_names), k + 1)
+        values = [np.asarray(g[metric]) for g in groups.values()]
+        present = [v for v in values if len(v)]
+        lo = min((v.min() for v in present), default=0.0)
+        hi = max((v.max() for v in present), default=1.0)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, bins + 1)
+        for label, v in zip(groups, values, strict=True):
+            if len(v):
+                ax.hist(v, edges, weights=np.full(len(v), 100.0 / len(v)), histtype="step",
+                        label=f"{label} ({len(v)})")
+        ax.set_xlabel(name)
+        ax.set_ylabel("% of pairs")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    return _write_png(fig, pathlib.Path(path))
+
+
+def save_scatter(points: np.ndarray, groups: Sequence[str], path: str | os.PathLike, *,
+                 title: str = "") -> pathlib.Path:
+    """A 2-D scatter of `points` [N, 2], coloured by each point's group name."""
+    fig, ax = _new_axes("", title)
+    names = list(dict.fromkeys(groups))
+    colours = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    groups = np.asarray(groups, dtype=object)
+    for k, name in enumerate(names):
+        xy = points[groups == name]
+        ax.scatter(xy[:, 0], xy[:, 1], s=12, color=colours(k % colours.N),
+                   label=f"{name} ({len(xy)})")
+    ax.legend(fontsize="small")
+    return _write_png(fig, pathlib.Path(path))

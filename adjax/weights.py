@@ -284,6 +284,53 @@ def vgg_from_torch(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
     return mapper.result()
 
 
+def lpips_from_torch(trunk: Mapping[str, np.ndarray], lin: Mapping[str, np.ndarray],
+                     like: Any) -> Any:
+    """Variables of `adjax.nn.lpips.LPIPS` (shaped as `like`) from torchvision's AlexNet state
+    dict `trunk` (`features.*`; the classifier is not used) and the `lpips` package's linear
+    layers `lin` (`weights/v0.1/alex.pth`: `lin<i>.model.1.weight`, [1, C, 1, 1])."""
+    return {"params": {"trunk": _lpips_trunk(trunk, like), **_lpips_lins(lin, like)}}
+
+
+def _lpips_trunk(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
+    from adjax.nn.lpips import ALEXNET
+
+    features = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    return convs_from_torch(features, {"params": like["params"]["trunk"]},
+                            [f"features.{layer[4]}" for layer in ALEXNET],
+                            "AlexNet trunk of LPIPS")["params"]
+
+
+def _lpips_lins(state_dict: Mapping[str, np.ndarray], like: Any) -> Any:
+    lins = {k: v for k, v in like["params"].items() if k != "trunk"}
+    mapper = Mapper({"params": lins}, "LPIPS-AlexNet linear layers")
+    for name in lins:
+        key = f"{name}.model.1.weight"
+        if key not in state_dict:
+            raise WeightsError(f"the state dict has no entry {key} for the LPIPS-AlexNet linear "
+                               f"layers.")
+        mapper.put(("params", name), np.reshape(state_dict[key], (-1,)), key)
+    extra = next((k for k in state_dict if k not in mapper.source.values()), None)
+    if extra is not None:
+        raise WeightsError(f"state-dict entry {extra} has no counterpart in the LPIPS-AlexNet "
+                           f"linear layers.")
+    return mapper.result()["params"]
+
+
+def load_lpips(trunk_path: str | pathlib.Path, lin_path: str | pathlib.Path, like: Any) -> Any:
+    """`lpips_from_torch` of two files; a file of another network (the SqueezeNet or VGG
+    variant's linear layers, another trunk) stops with one sentence naming it."""
+    out = {}
+    for part, path, convert in (("trunk", trunk_path, _lpips_trunk),
+                                ("lins", lin_path, _lpips_lins)):
+        try:
+            out[part] = convert(read_state_dict(path), like)
+        except WeightsError as err:
+            raise WeightsError(f"weights file {path} does not fit LPIPS-AlexNet "
+                               f"({_first_line(err)}).") from err
+    return {"params": {"trunk": out["trunk"], **out["lins"]}}
+
+
 def _unbuilt_stage(path: Sequence[str], built: set[str]) -> bool:
     """Whether `path` (a state-dict key split at dots, or a Flax leaf path) lies in a ResNet
     stage `layer1`..`layer4` that a truncated trunk does not build (a stage no ResNet has,

@@ -16,7 +16,7 @@ from PIL import Image
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "--config=configs/efficientad.py:quick"
 COMMANDS = ["data synth", "train", "eval", "predict", "config", "bench", "weights import",
-            "tables"]
+            "analyze", "tables"]
 
 
 def _adjax(*args: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:

@@ -63,8 +63,8 @@ def test_a_matrix_trains_each_run_as_alone(two_categories, tmp_path):
     assert len(together) == 4
     order = [("tiles", 7), ("tiles", 8), ("disc", 7), ("disc", 8)]
     for (category, seed), state in zip(order, together, strict=True):
-        if (category, seed) == ("tiles", 8):
-            continue  # three comparisons cover both programs
+        if (category, seed) not in (("tiles", 7), ("disc", 8)):
+            continue  # one run of each program and of each category (disc's pool is padded)
         alone = matrix.run_config(cfg, category, seed)
         single = train(alone, tmp_path / f"alone-{category}-{seed}", devices=jax.devices()[:1],
                        log=lambda _: None)

@@ -228,11 +228,16 @@ def test_piade_step_and_score(tmp_path):
     images = _images()
     state = method.init(_KEY, {"image": images}, method.pretrained())
     x = images / 255.0
-    recon, _ = method._forward(state.params, state.batch_stats, x, train=True)
-    np.testing.assert_allclose(method.terms(state, x, recon, cfg.loss)["mse"],
+
+    @jax.jit  # one compile, not one per operation
+    def forward_and_terms(state, x):
+        recon, _ = method._forward(state.params, state.batch_stats, x, train=True)
+        return recon, method.terms(state, x, recon, cfg.loss)
+
+    recon, expected = forward_and_terms(state, x)
+    np.testing.assert_allclose(expected["mse"],
                                np.mean((np.asarray(recon) - np.asarray(x)) ** 2, axis=(1, 2, 3)),
                                rtol=1e-5)
-    expected = method.terms(state, x, recon, cfg.loss)
     state, metrics = jax.jit(method.train_step)(state, {"image": images}, jax.random.key(1))
     assert float(metrics["loss"]) == pytest.approx(
         float(jnp.mean(expected["mse"] + expected["perceptual"] - expected["ssim"])), rel=1e-4)
@@ -260,7 +265,8 @@ def test_pyramid_ae_trains():
     images = _images()
     state = method.init(_KEY, {"image": images})
     x = images / 255.0
-    recon, _ = method._forward(state.params, state.batch_stats, x, train=True)
+    recon, _ = jax.jit(lambda s, x: method._forward(s.params, s.batch_stats, x, train=True))(
+        state, x)
     new, metrics = jax.jit(method.train_step)(state, {"image": images}, jax.random.key(1))
     # MSE only (no perceptual, no SSIM term in the pyramidal AE's quick loss).
     assert float(metrics["loss"]) == pytest.approx(float(jnp.mean((recon - x) ** 2)), rel=1e-4)

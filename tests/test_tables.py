@@ -407,7 +407,9 @@ def test_speed_table_shows_the_day_and_host():
     recs = [results.make_record("bench", method="efficientad", variant="s", dataset="random",
                                 category="", image_size=256, metrics={}, config={}, env=env,
                                 bench={"images_per_s": 1234.5, "batch": 64, "precision": "bf16",
-                                       "params": 8_000_000}),
+                                       "params": 8_000_000, "vs_peer": "anomalib 2.7.0",
+                                       "peer_ratio_train": 1.5, "peer_ratio_train_min": 1.25,
+                                       "peer_ratio_train_max": 2.0, "peer_ratio_latency": 0.8}),
             _eval("", {}, kind="bench", bench={"images_per_s": 10.0})]
     recs[0]["created"] = "2026-05-06T07:08:09Z"
     header, (unknown, h200) = _md(tables.speed_table(recs))
@@ -418,6 +420,10 @@ def test_speed_table_shows_the_day_and_host():
     assert h200[header.index("img/s")] == "1234.5"
     assert h200[header.index("params (M)")] == "8.000"
     assert unknown[3:6] == [DAY, "–", "? x ?"]
+    # side by side: the ratio with its spread over rounds; a record without a peer shows none
+    assert h200[header.index("peer/adjax train")] == "1.50 (1.25–2.00)"
+    assert h200[header.index("peer/adjax latency")] == "0.80"
+    assert unknown[header.index("peer/adjax train")] == "–"
 
 
 # ------------------------------------------------------------------------------ adjax tables

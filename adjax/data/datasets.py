@@ -16,6 +16,7 @@ import numpy as np
 
 from adjax.config import EMBEDDED
 from adjax.data import labelled, real_iad, synthetic
+from adjax.data.labelled import per_class_holdout
 from adjax.data.layouts import LAYOUTS, DataError, Sample, list_samples
 from adjax.data.loading import Split, cache_dir, load_split, original_mask, split_validation
 
@@ -43,8 +44,24 @@ def root(cfg: ml_collections.ConfigDict, log: Log | None = None) -> pathlib.Path
     return pathlib.Path(cfg.root)
 
 
+def supervised_part(labels: np.ndarray, defects: tuple[str, ...], fraction: float,
+                    seed: int) -> np.ndarray:
+    """Boolean [N]: the anomalous test images moved into training for supervised methods
+    (`config.data.supervised_fraction`): `round(fraction * n_d)` of the images of every defect
+    type d, drawn with `seed` (not the run's seed, so that the test set is the same for every
+    run)."""
+    _, defect_ids = np.unique(np.asarray(defects), return_inverse=True)
+    return per_class_holdout(defect_ids, fraction, seed) & (labels == 1)
+
+
 class ImageFolders:
-    """The folder layouts: decoded once into the cache, then read from it."""
+    """The folder layouts: decoded once into the cache, then read from it.
+
+    With `config.data.supervised_fraction` > 0 (supervised methods: seed 001's U-Net) a share of
+    the anomalous test images, with their masks, moves into the training split and out of the
+    test split, as the thesis splits its one labelled set (223 train / 100 test); the
+    validation images stay normal.
+    """
 
     def samples(self, cfg, split: str, log: Log | None) -> list[Sample]:
         """The files of one split, from the folder layout."""
@@ -54,14 +71,45 @@ class ImageFolders:
         return load_split(self.samples(cfg, split, log), cfg.image_size,
                           cache_dir(cfg.cache_dir), log=log)
 
+    def _moved(self, cfg, full_test: Split) -> np.ndarray:
+        """Which test images train the supervised methods (none unless configured)."""
+        fraction = cfg.get("supervised_fraction", 0.0)
+        if not fraction:
+            return np.zeros(len(full_test), bool)
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"config.data.supervised_fraction must be in [0, 1), got {fraction}.")
+        moved = supervised_part(full_test.labels, full_test.defects, fraction,
+                                cfg.get("supervised_seed", 0))
+        if not moved.any():
+            raise DataError(f"config.data.supervised_fraction {fraction} moves no anomalous "
+                            f"test image into training (the test split holds "
+                            f"{int(full_test.labels.sum())}); raise it.")
+        return moved
+
     def test_samples(self, cfg, log):
-        return None if cfg.layout == "folder" else self.samples(cfg, "test", log)
+        if cfg.layout == "folder":
+            return None
+        samples = self.samples(cfg, "test", log)
+        if not cfg.get("supervised_fraction", 0.0):
+            return samples
+        keep = ~self._moved(cfg, self._load(cfg, "test", log))
+        return [s for s, k in zip(samples, keep, strict=True) if k]
 
     def train_and_validation(self, cfg, seed, log):
-        return split_validation(self._load(cfg, "train", log), cfg.val_fraction, seed)
+        train, val = split_validation(self._load(cfg, "train", log), cfg.val_fraction, seed)
+        if cfg.get("supervised_fraction", 0.0):
+            if cfg.layout == "folder":
+                raise DataError("config.data.supervised_fraction needs anomalous images with "
+                                "masks, which the 'folder' layout does not have.")
+            full_test = self._load(cfg, "test", log)
+            train = train.concat(full_test.take(self._moved(cfg, full_test)))
+        return train, val
 
     def test(self, cfg, log):
-        return None if cfg.layout == "folder" else self._load(cfg, "test", log)
+        if cfg.layout == "folder":
+            return None
+        full_test = self._load(cfg, "test", log)
+        return full_test.take(~self._moved(cfg, full_test))
 
     def name(self, cfg):
         if cfg.name:

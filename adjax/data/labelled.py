@@ -251,11 +251,6 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if c == 1 else images
 
 
-def _concat(a: Split, b: Split) -> Split:
-    return Split(np.concatenate([a.images, b.images]), np.concatenate([a.masks, b.masks]),
-                 np.concatenate([a.labels, b.labels]), a.defects + b.defects, a.paths + b.paths)
-
-
 def _check(cfg: ml_collections.ConfigDict, data: LabelledSet) -> None:
     classes = np.unique(data.train_labels)
     if cfg.normal_class not in classes:
@@ -277,7 +272,7 @@ def train_and_validation(cfg: ml_collections.ConfigDict, seed: int) -> tuple[Spl
 
     train, val = split_validation(split(normal), cfg.val_fraction, seed)
     if anomalies.size:
-        train = _concat(train, split(anomalies))
+        train = train.concat(split(anomalies))
     return train, val
 
 

@@ -78,6 +78,13 @@ class Split:
             paths=tuple(self.paths[i] for i in idx),
         )
 
+    def concat(self, other: Split) -> Split:
+        """This split followed by `other`."""
+        return Split(np.concatenate([self.images, other.images]),
+                     np.concatenate([self.masks, other.masks]),
+                     np.concatenate([self.labels, other.labels]),
+                     self.defects + other.defects, self.paths + other.paths)
+
 
 def cache_dir(configured: str = "") -> pathlib.Path:
     """Where decoded arrays are cached: `configured` (config.data.cache_dir), else $ADJAX_CACHE,

@@ -15,7 +15,9 @@ As the trainer (`adjax.train`) and the evaluator (`adjax.evaluate`) use it:
   same shapes: the evaluator restores checkpoints onto `jax.eval_shape(init, ...)`.
 - `train_step(state, batch, rng) -> (state, metrics)`: one optimisation step; jitted, scanned
   and sharded by the trainer. `batch` holds "image" and "label" drawn together from the
-  training split, plus one entry per extra pool. The trainer advances `state.step`.
+  training split (and "mask", uint8 [B, H, W], when the split holds anomalous images: the
+  supervised methods, `trains_on_masks = True`, whose data config moves them there), plus one
+  entry per extra pool. The trainer advances `state.step`.
 - `calibrate(state, val) -> State`: statistics on held-out normal images (e.g. map quantiles);
   called on the host after training, like `init`.
 - `predict(state, images) -> Prediction`: anomaly maps at input size and image scores; jitted.
@@ -53,6 +55,7 @@ class Method(Protocol):
 
     config: ml_collections.ConfigDict
     trains_on_splits: bool
+    trains_on_masks: bool
 
     def pretrained(self) -> Any: ...
     def init(self, rng: jax.Array, train: dict[str, jax.Array], weights: Any = None) -> Any: ...
@@ -63,6 +66,12 @@ class Method(Protocol):
     def extra_pools(self) -> dict[str, np.ndarray]: ...
     def host_stream(self, start_step: int) -> Iterator[dict[str, np.ndarray]] | None: ...
     def describe(self, state: Any) -> dict[str, Any]: ...
+
+
+def _draem(config):
+    from adjax.methods.draem import DRAEM
+
+    return DRAEM(config)
 
 
 def _efficientad(config):
@@ -89,6 +98,18 @@ def _capsnet(config):
     return CapsNet(config)
 
 
+def _ganomaly(config):
+    from adjax.methods.ganomaly import GANomaly
+
+    return GANomaly(config)
+
+
+def _multilevel(config):
+    from adjax.methods.multilevel import MultiLevelMethod
+
+    return MultiLevelMethod(config)
+
+
 def _piade(config):
     from adjax.methods.piade import PIADE
 
@@ -101,6 +122,24 @@ def _pyramidal_ae(config):
     return PyramidalAE(config)
 
 
+def _riad(config):
+    from adjax.methods.riad import RIAD
+
+    return RIAD(config)
+
+
+def _supervised_unet(config):
+    from adjax.methods.supervised_unet import SupervisedUNet
+
+    return SupervisedUNet(config)
+
+
+def _vae(config):
+    from adjax.methods.vae import VAEMethod
+
+    return VAEMethod(config)
+
+
 def _vtadl(config):
     from adjax.methods.vtadl import VTADL
 
@@ -109,11 +148,17 @@ def _vtadl(config):
 
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "ddad": _ddad,
+    "draem": _draem,
     "efficientad": _efficientad,
     "efficientad_distill": _efficientad_distill,
     "capsnet": _capsnet,
+    "ganomaly": _ganomaly,
+    "multilevel": _multilevel,
     "piade": _piade,
     "pyramidal_ae": _pyramidal_ae,
+    "riad": _riad,
+    "supervised_unet": _supervised_unet,
+    "vae": _vae,
     "vtadl": _vtadl,
 }
 

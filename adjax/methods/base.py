@@ -82,6 +82,8 @@ class MethodBase:
     # False for a method whose data all stream from the host (`host_stream`): the trainer then
     # loads no training, validation or test split and does not calibrate.
     trains_on_splits: ClassVar[bool] = True
+    # True for a supervised method: its training batches carry "mask" (uint8 [B, H, W]).
+    trains_on_masks: ClassVar[bool] = False
 
     @property
     def tx(self) -> optax.GradientTransformation:

@@ -44,7 +44,9 @@ class Conv2d(nn.Module):
       stride: square stride.
       padding: zeros added on every side (PyTorch's integer `padding`).
       dtype: computation dtype (parameters stay float32).
-      kernel_init: the kernel's initialiser (PyTorch's default unless given).
+      use_bias: False for PyTorch's `bias=False`.
+      kernel_init: the weight's initialiser (PyTorch's default unless a reference re-draws it,
+        e.g. DRAEM's N(0, 0.02)).
       zero_bias: a zero-initialised bias instead of PyTorch's default (with a zeros
         `kernel_init`: guided diffusion's `zero_module`).
     """
@@ -54,6 +56,7 @@ class Conv2d(nn.Module):
     stride: int = 1
     padding: int = 0
     dtype: jnp.dtype | None = None
+    use_bias: bool = True
     kernel_init: Callable = torch_kernel_init
     zero_bias: bool = False
 
@@ -70,6 +73,7 @@ class Conv2d(nn.Module):
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
             padding="VALID",
+            use_bias=self.use_bias,
             kernel_init=self.kernel_init,
             bias_init=(nn.initializers.zeros if self.zero_bias
                        else torch_bias_init(x.shape[-1] * self.kernel * self.kernel)),
@@ -85,7 +89,7 @@ class ConvTranspose2d(nn.Module):
     `transpose_kernel=True` on the stride-dilated input padded by k - 1 - p on each side. The
     kernel is [kh, kw, out, in] (PyTorch's [in, out, kh, kw] transposed). Initialisation:
     PyTorch's default unless `kernel_init` is given; the bias PyTorch's default, or zeros with
-    `zero_bias`.
+    `zero_bias`, or none with `use_bias=False`.
     """
 
     features: int
@@ -95,6 +99,7 @@ class ConvTranspose2d(nn.Module):
     kernel_init: Callable = torch_kernel_init
     zero_bias: bool = False
     dtype: Any = None
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -103,8 +108,9 @@ class ConvTranspose2d(nn.Module):
                      else torch_bias_init(self.features * self.kernel * self.kernel))
         return nn.ConvTranspose(self.features, (self.kernel, self.kernel),
                                 (self.stride, self.stride), padding=((edge, edge), (edge, edge)),
-                                transpose_kernel=True, kernel_init=self.kernel_init,
-                                bias_init=bias_init, dtype=self.dtype, name="conv")(x)
+                                transpose_kernel=True, use_bias=self.use_bias,
+                                kernel_init=self.kernel_init, bias_init=bias_init,
+                                dtype=self.dtype, name="conv")(x)
 
 
 class Linear(nn.Module):
@@ -134,11 +140,13 @@ def group_norm(x: jax.Array, groups: int, name: str) -> jax.Array:
                         name=name)(x).astype(x.dtype)
 
 
-def batch_norm(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str, dtype: Any = None,
+               scale_init: Callable = nn.initializers.ones) -> nn.BatchNorm:
     """`torch.nn.BatchNorm2d` / `BatchNorm1d` defaults: the running averages move by 0.1 of
-    the batch statistics (Flax counts the other way: momentum 0.9), eps 1e-5."""
+    the batch statistics (Flax counts the other way: momentum 0.9), eps 1e-5. `scale_init`
+    replaces the weight's default of ones where a reference re-draws it."""
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        name=name)
+                        scale_init=scale_init, name=name)
 
 
 def avg_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:

@@ -9,6 +9,10 @@ Images are NHWC floats. Two border conventions are in use in the reference code:
 - ``padding="zeros"``: a same-size map from zero-padded windows, borders included in the mean;
   what the ``pytorch_ssim`` package (used by VT-ADL and PIADE) computes.
 
+``win_size`` replaces the Gaussian by a uniform square window with sample (n - 1) statistics:
+scikit-image's defaults (``gaussian_weights=False, use_sample_covariance=True``), which seed
+000's data-set analyses use with ``win_size=5``.
+
 The Gaussian kernel is scipy.ndimage's: radius ``int(truncate * sigma + 0.5)``, normalised to a
 sum of one (radius 5 for sigma 1.5: the usual 11 x 11 window).
 """
@@ -99,26 +103,46 @@ def gaussian_filter(x: jax.Array, sigma: float, *, truncate: float = 4.0,
 
 def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, sigma: float = 1.5,
              truncate: float = 3.5, k1: float = 0.01, k2: float = 0.03,
-             padding: str = "valid") -> jax.Array:
+             padding: str = "valid", win_size: int | None = None) -> jax.Array:
     """The local SSIM of NHWC images `x` and `y`, per pixel and channel.
 
     Local means, variances and the covariance are Gaussian-weighted (population, not sample,
-    statistics); c1 = (k1 * data_range)^2, c2 = (k2 * data_range)^2. `padding` is "valid"
-    ([B, H - 2r, W - 2r, C]) or "zeros" ([B, H, W, C]); see the module docstring.
+    statistics) or, with `win_size`, means over a uniform win_size x win_size window with the
+    variances and covariance scaled by n / (n - 1), n = win_size^2 (scikit-image's default;
+    `sigma` and `truncate` are then unused); c1 = (k1 * data_range)^2, c2 = (k2 * data_range)^2.
+    `padding` is "valid" ([B, H - 2r, W - 2r, C], r the window radius) or "zeros"
+    ([B, H, W, C]); see the module docstring.
     """
     if padding not in _PADDINGS:
         raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}.")
     x = x.astype(jnp.float32)
     y = y.astype(jnp.float32)
-    mode = "valid" if padding == "valid" else "constant"
     # One filter call for the five moments, stacked on the channel axis (not the batch axis,
     # which data parallelism shards).
-    moments = gaussian_filter(jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1), sigma,
-                              truncate=truncate, mode=mode)
+    stacked = jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1)
+    if win_size is None:
+        moments = gaussian_filter(stacked, sigma, truncate=truncate,
+                                  mode="valid" if padding == "valid" else "constant")
+        scale = 1.0
+    else:
+        if win_size < 1 or win_size % 2 == 0:
+            raise ValueError(f"win_size must be odd and positive, got {win_size}.")
+        moments = _uniform_filter(stacked, win_size, padding)
+        scale = win_size**2 / (win_size**2 - 1) if win_size > 1 else 1.0
     mx, my, mxx, myy, mxy = jnp.split(moments, 5, axis=-1)
-    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+    vx, vy, cxy = (scale * (mxx - mx * mx), scale * (myy - my * my),
+                   scale * (mxy - mx * my))
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def _uniform_filter(x: jax.Array, size: int, padding: str) -> jax.Array:
+    """Means of NHWC `x` over size x size windows: inside the image ("valid") or zero-padded to
+    the same size ("zeros")."""
+    r = size // 2
+    pad = "VALID" if padding == "valid" else ((0, 0), (r, r), (r, r), (0, 0))
+    sums = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, size, size, 1), (1, 1, 1, 1), pad)
+    return sums / size**2
 
 
 def ssim(x: jax.Array, y: jax.Array, **kwargs) -> jax.Array:
