@@ -182,7 +182,8 @@ def _eval() -> None:
     records = []
     for workdir in workdirs:
         record, path = evaluate.evaluate(workdir, FLAGS.results_dir, FLAGS.fpr_limit,
-                                         FLAGS.save_images, data=_data_overrides(), log=_say)
+                                         FLAGS.save_images, data=_data_overrides(), log=_say,
+                                         register=FLAGS.register)
         records.append(record)
         print(f"adjax: wrote {path}")
         if FLAGS.save_images:
@@ -342,6 +343,9 @@ def _define(command: str) -> Callable[[], None]:
         flags.DEFINE_string("layout", None, "... with another layout (mvtec_ad, mpdd, btad, "
                             "visa).")
         flags.DEFINE_string("name", None, "... under another data-set name in the record.")
+        flags.DEFINE_bool("register", None, "Align each test and validation image (and mask) "
+                          "to a training image before scoring (seed 002's registration; "
+                          "default: config.eval.register).")
         return _eval
     if command == "predict":
         flags.DEFINE_string("workdir", None, "A trained run's work directory.", required=True)

@@ -80,10 +80,14 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
     chosen on validation images: max | quantile | k_sigma, or optimal: of those three the one
     with the best test accuracy, seed 002's rule), threshold_q, threshold_k,
     original_size (pixel metrics at each ground truth's own size, the protocol of the published
-    MVTec AD numbers: maps resized bilinearly to the mask; false: at the training size).
+    MVTec AD numbers: maps resized bilinearly to the mask; false: at the training size),
+    register (seed 002's "R": each test and validation image, with its mask, aligned to the
+    first training image by an ORB + RANSAC homography before scoring; adjax.registration, the
+    `registration` extra; images it cannot align are scored as they are and counted).
     """
     cfg = ml_collections.ConfigDict(dict(batch_size=16, fpr_limit=0.3, threshold="quantile",
-                                         threshold_q=0.99, threshold_k=3.0, original_size=False))
+                                         threshold_q=0.99, threshold_k=3.0, original_size=False,
+                                         register=False))
     cfg.update(overrides)
     return cfg
 

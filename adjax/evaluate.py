@@ -5,6 +5,7 @@ chosen on the held-out validation images, never on the test set; the F1-max figu
 oracle (test-set-optimal) values and are named as such.
 """
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -20,6 +21,7 @@ from adjax import files, methods, metrics, results
 from adjax.checkpoint import Checkpoints
 from adjax.config import path_component
 from adjax.data import datasets
+from adjax.data.loading import Split
 from adjax.methods.base import map_batches
 from adjax.nn.layers import resize_bilinear
 
@@ -162,17 +164,44 @@ def test_data_config(config: ml_collections.ConfigDict,
     return data
 
 
+def register_splits(reference: np.ndarray, test: Split, val: Split,
+                    log: Callable[[str], None] | None = None
+                    ) -> tuple[Split, Split, dict[str, Any]]:
+    """Seed 002's registration before scoring: the test images (with their masks) and the
+    validation images aligned to `reference` (a training image). An image without enough
+    matches is kept as it is; the returned note counts them and names the first few."""
+    from adjax.registration import Registration
+
+    align = Registration(reference)
+    note: dict[str, Any] = {"reference": "the first training image"}
+    aligned = []
+    for name, split in (("test", test), ("validation", val)):
+        if log is not None:
+            log(f"adjax: registering {len(split)} {name} images to a training image")
+        images, masks, ok = align(split.images, split.masks)
+        aligned.append(dataclasses.replace(split, images=images, masks=masks))
+        note[f"{name}_registered"] = int(ok.sum())
+        note[f"{name}_unregistered"] = int((~ok).sum())
+        if not ok.all():
+            note[f"{name}_unregistered_files"] = [str(split.paths[i])
+                                                  for i in np.flatnonzero(~ok)[:10]]
+    return aligned[0], aligned[1], note
+
+
 def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None = None,
              fpr_limit: float | None = None, save_images: bool = False,
              data: dict[str, str] | None = None,
-             log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], pathlib.Path]:
+             log: Callable[[str], None] | None = None,
+             register: bool | None = None) -> tuple[dict[str, Any], pathlib.Path]:
     """Scores the test split of a trained run and writes an `eval` results record.
 
     Returns the record and its path (default folder: `<workdir>/results`). `data` overrides the
     run's data set (root, category, layout, name) to score the model on another one; thresholds
     still come from the run's own validation images. With `save_images`, the ROC, PR and PRO
     curves and overlays of the worst and best test images are drawn as PNG into
-    `<workdir>/images` (emptied of earlier PNGs first).
+    `<workdir>/images` (emptied of earlier PNGs first). `register` overrides
+    `config.eval.register` (seed 002's registration before scoring; the record's config says
+    which was used).
     """
     workdir = files.path(workdir)
     config, method, state = load_run(workdir)
@@ -185,7 +214,12 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
         raise EvaluationError(f"--fpr_limit must be in (0, 1], got {fpr_limit}.")
     test_data = test_data_config(config, data)
     test = datasets.test(test_data, log=log)
-    _, val = datasets.train_and_validation(config.data, config.seed, log=log)
+    train_split, val = datasets.train_and_validation(config.data, config.seed, log=log)
+    registration = None
+    if register is not None:
+        config.eval.register = register
+    if config.eval.get("register", False):
+        test, val, registration = register_splits(train_split.images[0], test, val, log)
     batch = config.eval.batch_size
     if log is not None:
         log(f"adjax: scoring {len(test)} test and {len(val)} validation images")
@@ -220,6 +254,8 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
              "test-set-optimal (oracle) figures; *_val_* metrics use thresholds chosen on "
              "validation images", **{k: v for k, v in info.items() if k != "params"},
              **{k: v for k, v in computed.items() if k.endswith("_threshold_rule")}}
+    if registration is not None:
+        notes["registration"] = registration
     if data:
         notes["trained_on"] = (f"{datasets.dataset_name(config.data)}/"
                                f"{config.data.category or ''}")

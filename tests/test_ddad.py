@@ -340,3 +340,23 @@ def test_registration_undoes_a_camera_shift_and_leaves_a_flat_image(synth_root):
     inner = (slice(8, -8), slice(8, -8))
     assert np.abs(images[0][inner].astype(int) - reference[inner]).mean() < 3.0
     assert (masks[0] == mask).mean() > 0.99
+
+    # the evaluator's step (`adjax eval --register`): splits in, aligned splits and counts out
+    from adjax.data.loading import Split
+    from adjax.evaluate import register_splits
+
+    def split(images, masks, paths):
+        n = len(images)
+        return Split(np.stack(images), np.stack(masks).astype(np.uint8), np.ones(n, np.int32),
+                     ("hole",) * n, tuple(paths))
+
+    test, val, note = register_splits(
+        reference, split([moved, flat], [moved_mask, mask], ["moved.png", "flat.png"]),
+        split([moved], [np.zeros_like(mask)], ["val.png"]))
+    assert note == {"reference": "the first training image", "test_registered": 1,
+                    "test_unregistered": 1, "test_unregistered_files": ["flat.png"],
+                    "validation_registered": 1, "validation_unregistered": 0}
+    np.testing.assert_array_equal(test.images[0], images[0])
+    np.testing.assert_array_equal(test.masks[0], masks[0])
+    np.testing.assert_array_equal(test.images[1], flat)
+    np.testing.assert_array_equal(val.images[0], images[0])

@@ -173,6 +173,20 @@ def test_evaluate_writes_the_metrics_of_its_maps(host_reference, tmp_path):
     assert record["run"]["test_images"] == 4 + 4 * 2 and record["run"]["steps"] == 8
 
 
+def test_evaluate_registers_the_test_images_when_asked(host_reference, tmp_path):
+    # seed 002's "R", asked for at evaluation (as `adjax eval --register` does): no retraining
+    _, _, workdir = host_reference
+    lines = []
+    record, _ = evaluate.evaluate(workdir, tmp_path / "results", log=lines.append, register=True)
+    assert record["config"]["eval"]["register"] is True
+    note = record["notes"]["registration"]
+    assert note["test_registered"] + note["test_unregistered"] == record["run"]["test_images"]
+    assert note["validation_registered"] + note["validation_unregistered"] == \
+        record["run"]["val_images"]
+    assert len(note.get("test_unregistered_files", [])) == min(note["test_unregistered"], 10)
+    assert any(line.startswith("adjax: registering 12 test images") for line in lines)
+
+
 def test_evaluate_refuses_a_zero_fpr_limit(host_reference):
     _, _, workdir = host_reference
     with pytest.raises(evaluate.EvaluationError, match="fpr_limit"):
