@@ -125,6 +125,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             layers=("layer2", "layer3"),      # extractor stages of the feature distance
             sigma=4.0,                        # Gaussian blur (kernel 2 * int(4 sigma + .5) + 1)
             norm="batch",                     # max(D_f) / max(D_p) over the batch or per image
+            mask="",                          # seed 002's per-view mask (PNG at the training size)
+            mask_timing="post",               # pre: input and reconstruction masked; post: map
         )
     )
     cfg.da = ml_collections.ConfigDict(

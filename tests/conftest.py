@@ -58,15 +58,17 @@ def synth_root(tmp_path_factory) -> pathlib.Path:
                          n_test_good=4, n_test_per_defect=2, categories=("tiles",))
 
 
-def assert_record_holds_the_runs_metrics(record, workdir, keys=("image_auroc", "image_ap")):
+def assert_record_holds_the_runs_metrics(record, workdir, keys=("image_auroc", "image_ap"),
+                                         batch=3):
     """The record's metrics are those of the run's predictions on its test split (recomputed
-    here with another prediction batch size)."""
+    here with another prediction batch size, or the evaluator's own where a map depends on its
+    batch)."""
     from adjax import evaluate, metrics
     from adjax.data import datasets
 
     config, method, state = evaluate.load_run(workdir)
     test = datasets.test(config.data)
-    maps, scores = evaluate.predict_all(method, state, test.images, 3)
+    maps, scores = evaluate.predict_all(method, state, test.images, batch)
     expected = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=0.3)
     for key in keys:
         assert record["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key

@@ -30,6 +30,7 @@ from the global generator).
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -41,7 +42,7 @@ from adjax import diffusion
 from adjax import weights as weights_lib
 from adjax.config import ConfigError
 from adjax.data import augment
-from adjax.methods import Prediction
+from adjax.methods import Prediction, view_masks
 from adjax.methods.base import MethodBase, TrainState
 from adjax.methods.efficientad_distill import BACKBONES
 from adjax.models.ddad_unet import UNet
@@ -131,6 +132,7 @@ class DDAD(MethodBase):
 
     def __post_init__(self):
         c = self.config
+        view_masks.check_timing(c.map.mask_timing, "config.map.mask_timing")
         if c.map.norm not in NORMS:
             raise ConfigError(f"config.map.norm must be one of {', '.join(NORMS)}, got "
                               f"{c.map.norm!r}.")
@@ -331,13 +333,24 @@ class DDAD(MethodBase):
 
     # -- inference -----------------------------------------------------------------------------
 
+    @functools.cached_property
+    def view_mask(self) -> np.ndarray | None:
+        """Seed 002's per-view mask (`config.map.mask`), read once; None without one."""
+        path = self.config.map.mask
+        return view_masks.read_view_mask(path, self.config.data.image_size) if path else None
+
     def anomaly_maps(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(A [B, H, W], the reconstructions x̂0 in [−1, 1]) of uint8 images."""
+        """(A [B, H, W], the reconstructions x̂0 in [−1, 1]) of uint8 images; with a view mask
+        and `map.mask_timing` "pre", input and reconstruction are black outside the mask
+        before the map is made."""
         m = self.config.map
         y = to_signed(images)
         keys = image_keys(jax.random.fold_in(jax.random.key(self.config.seed), _PREDICT_STREAM),
                           images)
         x0 = self.reconstruct(state.params, y, y, keys, self.w)
+        mask = view_masks.batch_mask(self.view_mask, images)
+        if mask is not None and m.mask_timing == "pre":
+            y, x0 = (jnp.where(mask[..., None] > 0, a, -1.0) for a in (y, x0))
         d_p = jnp.mean(jnp.abs(x0 - y), axis=-1)
         features = self.features(state.extractor, jnp.concatenate([y, x0]))
         fy, fx = ({n: f[:y.shape[0]] for n, f in features.items()},
@@ -346,8 +359,12 @@ class DDAD(MethodBase):
         return combine(d_f, d_p, m.v, m.norm, m.sigma), x0
 
     def predict(self, state: State, images: jax.Array) -> Prediction:
-        """The map A at the input size; score = max(A)."""
+        """The map A at the input size (zeroed outside a view mask with `map.mask_timing`
+        "post"); score = max(A)."""
         amap, _ = self.anomaly_maps(state, images)
+        mask = view_masks.batch_mask(self.view_mask, images)
+        if mask is not None and self.config.map.mask_timing == "post":
+            amap = amap * mask
         return Prediction(anomaly_map=amap, score=jnp.max(amap, axis=(1, 2)))
 
     def param_groups(self, state: State) -> dict[str, Any]:

@@ -39,18 +39,16 @@ first convolutions' input channels, which matters only for imported weights).
 
 import dataclasses
 import functools
-import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 
 from adjax import weights as weights_lib
 from adjax.data import augment
-from adjax.methods import Prediction
+from adjax.methods import Prediction, view_masks
 from adjax.methods.base import MethodBase, TrainState, adam_l2
 from adjax.models.draem import DRAEM as DRAEMNet
 from adjax.nn.focal import focal_loss
@@ -60,7 +58,6 @@ from adjax.nn.ssim import ssim_map
 from adjax.synth import draem as synth
 from adjax.synth.textures import load_textures, procedural_textures
 
-MASK_TIMINGS = ("pre", "post")
 RECON_LOSSES = ("ssim", "lpips", "inv_lpips")
 # How [0, 1] images enter LPIPS, which expects [-1, 1]: mapped there (the lpips package's
 # normalize=True), or divided by 255 (seed 000's repository feeds x / 255 of [0, 1] images).
@@ -82,22 +79,6 @@ def reference_data_range(recon: jax.Array) -> jax.Array:
     return jax.lax.stop_gradient(high - low)
 
 
-def read_view_mask(path: str, image_size: int) -> np.ndarray:
-    """float32 [S, S] in {0, 1}: the view mask `path` (non-zero = keep); one sentence naming
-    the file when it cannot be read or its size is not the view's training size."""
-    file = pathlib.Path(path)
-    try:
-        with Image.open(file) as img:
-            mask = np.asarray(img.convert("L"))
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"view mask {file} cannot be read as an image ({err}).") from err
-    if mask.shape != (image_size, image_size):
-        raise ValueError(f"view mask {file} is {mask.shape[1]}x{mask.shape[0]}, but the view's "
-                         f"images are {image_size}x{image_size} (config.data.image_size); "
-                         f"resize the mask to that size.")
-    return (mask > 0).astype(np.float32)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DRAEM(MethodBase):
     """DRAEM; built from a draem config."""
@@ -105,9 +86,7 @@ class DRAEM(MethodBase):
     def __post_init__(self):
         synth.Spec.from_config(self.config.synth)  # checks config.synth before any work
         s = self.config.score
-        if s.mask_timing not in MASK_TIMINGS:
-            raise ValueError(f"config.score.mask_timing must be one of "
-                             f"{', '.join(MASK_TIMINGS)}, got {s.mask_timing!r}.")
+        view_masks.check_timing(s.mask_timing, "config.score.mask_timing")
         loss = self.config.loss
         if loss.recon not in RECON_LOSSES:
             raise ValueError(f"config.loss.recon must be one of {', '.join(RECON_LOSSES)}, got "
@@ -134,7 +113,7 @@ class DRAEM(MethodBase):
     @functools.cached_property
     def view_mask(self) -> np.ndarray | None:
         path = self.config.score.mask
-        return read_view_mask(path, self.config.data.image_size) if path else None
+        return view_masks.read_view_mask(path, self.config.data.image_size) if path else None
 
     @property
     def net(self) -> DRAEMNet:
@@ -237,8 +216,7 @@ class DRAEM(MethodBase):
         """Map = softmax channel 1 (masked per `config.score`); score = max of its mean filter."""
         s = self.config.score
         x = augment.to_float(images)
-        mask = None if self.view_mask is None else jnp.broadcast_to(
-            jnp.asarray(self.view_mask), x.shape[:3])
+        mask = view_masks.batch_mask(self.view_mask, x)
         out = self.net.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
                              train=False, mask=mask if s.mask_timing == "pre" else None,
                              rngs={"noise": jax.random.key(self.config.seed)})
