@@ -40,6 +40,11 @@ reference's E_DA "FE epochs"). After a UNet-only run it is added by resuming wit
   adjax train --config=configs/ddad.py:mvtec --workdir=runs/ddad-screw ... \
       --config.train.steps=20064 --config.da.steps=64
 
+Seed 002's pipeline: `adjax eval --register` aligns each test image and its mask to a training
+image first (the `registration` extra), and `--config.map.mask=view_a.png
+--config.map.mask_timing=pre|post` applies a per-view mask before or after the map (as DRAEM's
+`score.mask`).
+
 Not in the reference: `map.norm` (the reference takes max(D_f) / max(D_p) over the whole test
 batch, "batch", so a score depends on the batch it is in; "image" takes it per image) and the
 per-image noise keys (module docstring of `adjax.methods.ddad`). The reference's optional
