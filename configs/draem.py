@@ -29,8 +29,8 @@ Variants:
 
 * `quick`: bases 8 / 8 at 128 px, 300 steps of batch 8 at lr 1e-3, procedural textures, a
   5 x 5 score filter, on the embedded data set (`tiles`). Measured 2026-12-02: image AUROC
-  0.977, pixel AUROC 0.930, AUPRO 0.800 (500 steps gave 0.922 / 0.911); 11.7 min of wall time
-  on the shared 2-core CPU at a load average of about 7, i.e. 5 min of CPU time.
+  0.977, pixel AUROC 0.930, AUPRO 0.800 (500 steps gave 0.922 / 0.911); 136 s of training
+  (157 s for the whole `adjax train`) on the idle 2-core CPU (its record in results/adjax).
 
   adjax train --config=configs/draem.py:quick --workdir=runs/draem-quick
   adjax eval --workdir=runs/draem-quick
