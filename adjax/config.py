@@ -9,6 +9,8 @@ is done, so that a bad value stops with one sentence naming its key.
 
 import math
 import pathlib
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -116,10 +118,15 @@ def _number(block: ml_collections.ConfigDict, where: str, key: str, *, integer: 
         raise ConfigError(f"config.{where}.{key} must be {what}{bounds}, got {value!r}.")
 
 
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    """One sentence naming config key `key` (e.g. "config.score.reduce") when `value` is not
+    one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
+
+
 def _choice(block: ml_collections.ConfigDict, where: str, key: str, choices) -> None:
-    if block.get(key) not in choices:
-        raise ConfigError(f"config.{where}.{key} must be one of {', '.join(choices)}, got "
-                          f"{block.get(key)!r}.")
+    check_choice(f"config.{where}.{key}", block.get(key), choices)
 
 
 def path_component(value: str, key: str) -> str:

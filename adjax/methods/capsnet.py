@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState, count_params
@@ -72,11 +73,8 @@ class CapsNet(MethodBase):
 
     def __post_init__(self):
         m, s = self.config.model, self.config.score
-        if s.kind not in SCORES:
-            raise ValueError(f"config.score.kind {s.kind!r} is not one of {', '.join(SCORES)}.")
-        if m.decode not in DECODES:
-            raise ValueError(f"config.model.decode {m.decode!r} is not one of "
-                             f"{', '.join(DECODES)}.")
+        check_choice("config.score.kind", s.kind, SCORES)
+        check_choice("config.model.decode", m.decode, DECODES)
         if m.num_capsules != 2:
             raise ValueError("config.model.num_capsules must be 2 (normal, anomalous) for "
                              "anomaly detection.")

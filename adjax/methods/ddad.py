@@ -40,7 +40,7 @@ import optax
 
 from adjax import diffusion
 from adjax import weights as weights_lib
-from adjax.config import ConfigError
+from adjax.config import ConfigError, check_choice
 from adjax.data import augment
 from adjax.methods import Prediction, view_masks
 from adjax.methods.base import MethodBase, TrainState
@@ -132,10 +132,8 @@ class DDAD(MethodBase):
 
     def __post_init__(self):
         c = self.config
-        view_masks.check_timing(c.map.mask_timing, "config.map.mask_timing")
-        if c.map.norm not in NORMS:
-            raise ConfigError(f"config.map.norm must be one of {', '.join(NORMS)}, got "
-                              f"{c.map.norm!r}.")
+        check_choice("config.map.mask_timing", c.map.mask_timing, view_masks.MASK_TIMINGS)
+        check_choice("config.map.norm", c.map.norm, NORMS)
         e = c.extractor
         if (e.depth, e.width_per_group) not in BACKBONES:
             raise ConfigError(f"config.extractor.depth and width_per_group must name one of "

@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from adjax import weights as weights_lib
+from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction, view_masks
 from adjax.methods.base import MethodBase, TrainState, adam_l2
@@ -86,14 +87,10 @@ class DRAEM(MethodBase):
     def __post_init__(self):
         synth.Spec.from_config(self.config.synth)  # checks config.synth before any work
         s = self.config.score
-        view_masks.check_timing(s.mask_timing, "config.score.mask_timing")
+        check_choice("config.score.mask_timing", s.mask_timing, view_masks.MASK_TIMINGS)
         loss = self.config.loss
-        if loss.recon not in RECON_LOSSES:
-            raise ValueError(f"config.loss.recon must be one of {', '.join(RECON_LOSSES)}, got "
-                             f"{loss.recon!r}.")
-        if loss.lpips_input not in LPIPS_INPUTS:
-            raise ValueError(f"config.loss.lpips_input must be one of "
-                             f"{', '.join(LPIPS_INPUTS)}, got {loss.lpips_input!r}.")
+        check_choice("config.loss.recon", loss.recon, RECON_LOSSES)
+        check_choice("config.loss.lpips_input", loss.lpips_input, LPIPS_INPUTS)
         if self.uses_lpips and not (loss.lpips_trunk and loss.lpips_lin):
             raise ValueError(f"config.loss.recon {loss.recon!r} needs LPIPS-AlexNet's weights: "
                              f"config.loss.lpips_trunk (torchvision's alexnet state dict) and "

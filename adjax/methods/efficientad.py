@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from adjax import weights as weights_lib
-from adjax.config import ConfigError
+from adjax.config import ConfigError, check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState, adam_l2, map_batches
@@ -71,9 +71,7 @@ class EfficientAD(MethodBase):
         if not 0.0 <= m.alpha <= 1.0:
             raise ConfigError(f"config.map.alpha must be in [0, 1], got {m.alpha!r}.")
         synth = self.config.synth
-        if synth.noise not in patches.NOISES:
-            raise ConfigError(f"config.synth.noise must be one of {', '.join(patches.NOISES)}, "
-                              f"got {synth.noise!r}.")
+        check_choice("config.synth.noise", synth.noise, patches.NOISES)
         if not 0 <= synth.min_patches <= synth.max_patches or synth.max_patches < 1:
             raise ConfigError(f"config.synth needs 0 <= min_patches <= max_patches and "
                               f"max_patches >= 1, got {synth.min_patches} and "

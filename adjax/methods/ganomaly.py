@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState
@@ -52,9 +53,7 @@ class GANomaly(MethodBase):
     """GANomaly; built from a `configs/ganomaly.py` config."""
 
     def __post_init__(self):
-        if self.config.score.image not in IMAGE_SCORES:
-            raise ValueError(f"config.score.image {self.config.score.image!r} is not one of "
-                             f"{', '.join(IMAGE_SCORES)}.")
+        check_choice("config.score.image", self.config.score.image, IMAGE_SCORES)
 
     @property
     def generator(self) -> Generator:

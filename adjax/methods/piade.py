@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from adjax.config import check_choice
 from adjax.methods.reconstruction import ReconstructionMethod
 from adjax.models.piade import PIADE as PIADENet
 
@@ -27,9 +28,7 @@ class PIADE(ReconstructionMethod):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.config.model.decode not in DECODES:
-            raise ValueError(f"config.model.decode {self.config.model.decode!r} is not one of "
-                             f"{', '.join(DECODES)}.")
+        check_choice("config.model.decode", self.config.model.decode, DECODES)
 
     def net_kwargs(self, x: jax.Array, train: bool) -> dict[str, Any]:
         """The vector to decode: the first in training under `first`, else the longest."""

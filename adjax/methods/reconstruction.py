@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from adjax import weights as weights_lib
+from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState
@@ -52,9 +53,7 @@ class ReconstructionMethod(MethodBase):
     network = nn.Module  # the subclass's Flax module class
 
     def __post_init__(self):
-        if self.config.score.reduce not in REDUCES:
-            raise ValueError(f"config.score.reduce {self.config.score.reduce!r} is not one of "
-                             f"{', '.join(REDUCES)}.")
+        check_choice("config.score.reduce", self.config.score.reduce, REDUCES)
         if self.uses_perceptual and not self.config.loss.vgg_weights:
             raise ValueError(
                 "config.loss.vgg_weights is empty, but the perceptual term needs ImageNet VGG-11 "

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction, build
 from adjax.methods.base import MethodBase, TrainState
@@ -100,9 +101,7 @@ class SupervisedUNet(MethodBase):
 
     def __post_init__(self):
         m, terms = self.config.model, tuple(self.config.loss.terms)
-        if m.inputs not in INPUTS:
-            raise ValueError(f"config.model.inputs {m.inputs!r} is not one of "
-                             f"{', '.join(INPUTS)}.")
+        check_choice("config.model.inputs", m.inputs, INPUTS)
         if not terms or set(terms) - set(TERMS):
             raise ValueError(f"config.loss.terms {terms} must be some of {', '.join(TERMS)}.")
         if self.uses_vae and not m.vae_workdir:

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState
@@ -58,12 +59,9 @@ class VAEMethod(MethodBase):
     """The seed-001 VAE; built from a `configs/vae.py` config."""
 
     def __post_init__(self):
-        if self.config.loss.reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(f"config.loss.reconstruction {self.config.loss.reconstruction!r} "
-                             f"is not one of {', '.join(RECONSTRUCTIONS)}.")
-        if self.config.score.reduce not in REDUCES:
-            raise ValueError(f"config.score.reduce {self.config.score.reduce!r} is not one of "
-                             f"{', '.join(REDUCES)}.")
+        check_choice("config.loss.reconstruction", self.config.loss.reconstruction,
+                     RECONSTRUCTIONS)
+        check_choice("config.score.reduce", self.config.score.reduce, REDUCES)
 
     @property
     def net(self) -> VAE:

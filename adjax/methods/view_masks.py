@@ -12,12 +12,6 @@ from PIL import Image
 MASK_TIMINGS = ("pre", "post")
 
 
-def check_timing(timing: str, key: str) -> None:
-    """One sentence naming `key` when `timing` is not one of MASK_TIMINGS."""
-    if timing not in MASK_TIMINGS:
-        raise ValueError(f"{key} must be one of {', '.join(MASK_TIMINGS)}, got {timing!r}.")
-
-
 def read_view_mask(path: str, image_size: int) -> np.ndarray:
     """float32 [S, S] in {0, 1}: the view mask `path` (non-zero = keep); one sentence naming
     the file when it cannot be read or its size is not the view's training size."""
