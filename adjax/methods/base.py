@@ -29,6 +29,9 @@ import numpy as np
 import optax
 from clu import parameter_overview
 
+from adjax.config import ConfigError
+from adjax.nn.resnet import BACKBONES
+
 
 class TrainState(flax.struct.PyTreeNode):
     """The fields every method's state has: the step counter, what the optimiser trains, and the
@@ -134,3 +137,14 @@ class MethodBase:
         weights used and the variant's choices."""
         return {"params": {name: count_params(tree)
                            for name, tree in self.param_groups(state).items()}}
+
+
+def backbone_kind(block: ml_collections.ConfigDict, key: str) -> str:
+    """torchvision's name of the ResNet that config block `key` describes by its `depth` and
+    `width_per_group`; one sentence naming the keys when it is none of them."""
+    kind = BACKBONES.get((block.depth, block.width_per_group))
+    if kind is None:
+        raise ConfigError(f"config.{key}.depth and width_per_group must name one of "
+                          f"{', '.join(BACKBONES.values())}, got {block.depth} and "
+                          f"{block.width_per_group}.")
+    return kind

@@ -43,8 +43,7 @@ from adjax import weights as weights_lib
 from adjax.config import ConfigError, check_choice
 from adjax.data import augment
 from adjax.methods import Prediction, view_masks
-from adjax.methods.base import MethodBase, TrainState
-from adjax.methods.efficientad_distill import BACKBONES
+from adjax.methods.base import MethodBase, TrainState, backbone_kind
 from adjax.models.ddad_unet import UNet
 from adjax.nn.layers import avg_pool, resize_bilinear_align_corners
 from adjax.nn.resnet import LAYERS, ResNet
@@ -135,12 +134,8 @@ class DDAD(MethodBase):
         check_choice("config.map.mask_timing", c.map.mask_timing, view_masks.MASK_TIMINGS)
         check_choice("config.map.norm", c.map.norm, NORMS)
         e = c.extractor
-        if (e.depth, e.width_per_group) not in BACKBONES:
-            raise ConfigError(f"config.extractor.depth and width_per_group must name one of "
-                              f"{', '.join(BACKBONES.values())}, got {e.depth} and "
-                              f"{e.width_per_group}.")
+        kind = backbone_kind(e, "extractor")
         if e.pretrained and not e.weights:
-            kind = BACKBONES[e.depth, e.width_per_group]
             raise ConfigError(
                 f"config.extractor.weights is empty, but DDAD's feature extractor needs "
                 f"ImageNet {kind} weights: write them with `adjax weights import "
@@ -241,7 +236,7 @@ class DDAD(MethodBase):
         if not e.weights:
             return None
         _, like = jax.eval_shape(lambda k: self._init_nets(k, 64), jax.random.key(0))
-        variables = weights_lib.load(e.weights, BACKBONES[e.depth, e.width_per_group], like,
+        variables = weights_lib.load(e.weights, backbone_kind(e, "extractor"), like,
                                      "config.extractor.weights")
         digest = bytes.fromhex(weights_lib.sha256(e.weights))
         return {"extractor": variables, "sha256": np.frombuffer(digest, np.uint8)}

@@ -28,14 +28,11 @@ import numpy as np
 from adjax import weights as weights_lib
 from adjax.config import ConfigError
 from adjax.data import augment, stream
-from adjax.methods.base import MethodBase, TrainState
+from adjax.methods.base import MethodBase, TrainState, backbone_kind
 from adjax.models import patchcore
 from adjax.models.pdn import PDN, output_size
 from adjax.nn.resnet import ResNet
 
-# torchvision's constructor of each (depth, width_per_group), the `adjax.weights` kind.
-BACKBONES = {(18, 64): "resnet18", (50, 64): "resnet50", (50, 128): "wide_resnet50_2",
-             (101, 128): "wide_resnet101_2"}
 LAYERS = ("layer2", "layer3")
 
 
@@ -60,10 +57,7 @@ class EfficientADDistill(MethodBase):
                 raise ConfigError(f"config.distill.{key} is empty: distillation needs "
                                   + ("the ImageNet train folder." if key == "imagenet" else
                                      "the WideResNet-101-2 ImageNet weights file."))
-        if (d.depth, d.width_per_group) not in BACKBONES:
-            raise ConfigError(f"config.distill.depth and width_per_group must name one of "
-                              f"{', '.join(BACKBONES.values())}, got {d.depth} and "
-                              f"{d.width_per_group}.")
+        backbone_kind(d, "distill")
         if d.extractor_size % 8 or d.extractor_size // 8 != output_size(side, padding=True):
             raise ConfigError(f"config.distill.extractor_size {d.extractor_size} gives a "
                               f"{d.extractor_size // 8}-cell feature grid where the PDN at "
@@ -115,7 +109,7 @@ class EfficientADDistill(MethodBase):
         d = self.config.distill
         like = jax.eval_shape(self.backbone_net.init, jax.random.key(0),
                               jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-        backbone = weights_lib.load(d.backbone, BACKBONES[d.depth, d.width_per_group], like,
+        backbone = weights_lib.load(d.backbone, backbone_kind(d, "distill"), like,
                                     "config.distill.backbone")
         backbone = jax.tree.map(jnp.asarray, backbone)
         batches = self._stream(self.config.seed + 1, 0)

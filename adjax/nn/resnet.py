@@ -18,6 +18,10 @@ import jax.numpy as jnp
 
 from adjax.nn.layers import batch_norm
 
+# torchvision's constructor of each (depth, width_per_group): the `adjax.weights` kind.
+BACKBONES = {(18, 64): "resnet18", (50, 64): "resnet50", (50, 128): "wide_resnet50_2",
+             (101, 128): "wide_resnet101_2"}
+
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for the trunk's convs.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
