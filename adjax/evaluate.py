@@ -64,12 +64,11 @@ def restore(workdir: str | pathlib.Path, method: methods.Method,
 
 
 def predict_all(method: methods.Method, state: Any, images: np.ndarray,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maps [N, H, W] and scores [N] for all images as numpy arrays, in fixed-size batches
-    (one compile)."""
-    out = map_batches(jax.jit(lambda x: method.predict(state, x)), images, batch_size,
-                      to_host=True)
-    return out.anomaly_map, out.score
+                batch_size: int) -> methods.Prediction:
+    """The prediction (maps [N, H, W], scores [N], reconstruction errors [N]) for all images as
+    numpy arrays, in fixed-size batches (one compile)."""
+    return map_batches(jax.jit(lambda x: method.predict(state, x)), images, batch_size,
+                       to_host=True)
 
 
 def at_original_size(maps: np.ndarray, masks: list[np.ndarray], what: str) -> tuple[np.ndarray,
@@ -223,8 +222,10 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
     batch = config.eval.batch_size
     if log is not None:
         log(f"adjax: scoring {len(test)} test and {len(val)} validation images")
-    maps, scores = predict_all(method, state, test.images, batch)
-    val_maps, val_scores = predict_all(method, state, val.images, batch)
+    predicted = predict_all(method, state, test.images, batch)
+    maps, scores = predicted.anomaly_map, predicted.score
+    val_predicted = predict_all(method, state, val.images, batch)
+    val_maps, val_scores = val_predicted.anomaly_map, val_predicted.score
     pixel_maps, masks = maps, test.masks  # the overlays stay at the training size
     if config.eval.get("original_size", False):
         pixel_maps, masks = at_original_size(maps, datasets.original_masks(test_data, log),
@@ -248,6 +249,8 @@ def evaluate(workdir: str | pathlib.Path, results_dir: str | pathlib.Path | None
                               auroc=computed["per_image_pixel_auroc"])
     numbers = {key: (None if math.isnan(v) else v) for key, v in computed.items()
                if isinstance(v, float | int) and not isinstance(v, bool)}
+    # Seed 001's reconstruction errors, averaged over the test images.
+    numbers |= {key: float(np.mean(v)) for key, v in predicted.reconstruction.items()}
     numbers |= training_time(workdir)
     info = method.describe(state)
     notes = {"missing": computed["missing"], "oracle": "image_f1_max and pixel_f1_max are "

@@ -54,8 +54,9 @@ def predict(workdir: str | pathlib.Path, images: str, out: str | pathlib.Path | 
         log(f"adjax: scoring {len(paths)} images (and {len(val)} validation images for the "
             f"threshold)")
     batch = config.eval.batch_size
-    maps, scores = evaluate.predict_all(method, state, split.images, batch)
-    _, val_scores = evaluate.predict_all(method, state, val.images, batch)
+    predicted = evaluate.predict_all(method, state, split.images, batch)
+    maps, scores = predicted.anomaly_map, predicted.score
+    val_scores = evaluate.predict_all(method, state, val.images, batch).score
     e = config.eval
     threshold = metrics.threshold_from_validation(val_scores, e.threshold, q=e.threshold_q,
                                                   k=e.threshold_k)

@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.model = ml_collections.ConfigDict(dict(
         width=32, hidden=256, latent=64, se_ratio=4, agg=32, mlp=(256, 128, 64, 32),
         dtype="float32"))
-    cfg.patches = ml_collections.ConfigDict(dict(per_step=64))
+    cfg.patches = ml_collections.ConfigDict(dict(per_step=64, border="copy"))
     cfg.loss = ml_collections.ConfigDict(dict(alpha=0.001))
     cfg.optim = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=0.0))
     cfg.train = common.train_config(steps=20_000, batch_size=8, steps_per_call=50,

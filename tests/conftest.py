@@ -68,7 +68,8 @@ def assert_record_holds_the_runs_metrics(record, workdir, keys=("image_auroc", "
 
     config, method, state = evaluate.load_run(workdir)
     test = datasets.test(config.data)
-    maps, scores = evaluate.predict_all(method, state, test.images, batch)
+    predicted = evaluate.predict_all(method, state, test.images, batch)
+    maps, scores = predicted.anomaly_map, predicted.score
     expected = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=0.3)
     for key in keys:
         assert record["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key

@@ -329,7 +329,7 @@ def test_supervised_unet_step_with_consistency_and_the_vae_residual(vae_method):
     # The VAE run a user would point at, without its work directory (64 px, the U-Net 32).
     vae_config = vae_method.config.copy_and_resolve_references()
     vae_config.data.image_size = 64
-    method.__dict__["vae_run"] = (vae_method, vae_config)
+    method.vae.__dict__["run"] = (vae_method, vae_config)
     vae = {"params": vae_state.params, "batch_stats": vae_state.batch_stats}
     state = method.init(_KEY, {"image": images}, vae)
     masks = jnp.zeros((2, 32, 32), jnp.uint8).at[0, 8:16, 8:16].set(1)
@@ -472,3 +472,47 @@ def test_multilevel_step_is_eq_4_5_and_fills_the_border(multilevel_method):
     np.testing.assert_array_equal(amap[:, :16, 20], np.broadcast_to(amap[:, 16:17, 20], (2, 16)))
     np.testing.assert_array_equal(amap[:, 30, 24:], np.broadcast_to(amap[:, 30, 23:24], (2, 16)))
     assert len(np.unique(amap[0, 16:24, 16:24])) > 1
+
+
+def test_multilevel_reconstruction_errors_use_each_patchs_centre(multilevel_method):
+    """Table 5.3's decoder metrics: the image whose valid pixels are their patches'
+    reconstructed centres (borders copied from the input), against the input."""
+    method, images = multilevel_method, _images(2, 40)
+    state = method.init(_KEY, {"image": images})
+    pred = jax.jit(method.predict)(state, images)
+    x = np.asarray(images, np.float32) / 255.0
+    centres = [(b, r, c) for b in range(2) for r in range(16, 24) for c in range(16, 24)]
+    patches = np.stack([x[b, r - 16:r + 17, c - 16:c + 17] for b, r, c in centres])
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    recon = np.asarray(method.net.apply(variables, jnp.asarray(patches))["reconstruction"])
+    assembled = x.copy()
+    for (b, r, c), patch in zip(centres, recon, strict=True):
+        assembled[b, r, c] = patch[16, 16]
+    want = np.abs(assembled - x).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(pred.reconstruction["recon_l1"], want, rtol=1e-4)
+    assert sorted(pred.reconstruction) == ["recon_l1", "recon_mse", "recon_ssim"]
+
+
+def test_multilevel_reflect_border_classifies_every_pixel():
+    cfg = load_config("multilevel", "quick")
+    cfg.data.image_size = 24  # smaller than a patch: only possible with reflect padding
+    cfg.model.update(width=4, hidden=8, latent=4, agg=4, mlp=(8, 8, 8, 8))
+    cfg.patches.update(per_step=8, border="reflect")
+    method, images = build(cfg), _images(2, 24)
+    masks = jnp.zeros((2, 24, 24), jnp.uint8).at[0, 0:2, 0:2].set(1)  # in the corner
+    state = method.init(_KEY, {"image": images})
+
+    @jax.jit
+    def step_and_predict(state):
+        new, metrics = method.train_step(state, {"image": images, "mask": masks},
+                                         jax.random.key(1))
+        return metrics, method.predict(new, images)
+
+    metrics, pred = step_and_predict(state)
+    assert np.isfinite(float(metrics["loss"]))
+    amap = np.asarray(pred.anomaly_map)
+    assert amap.shape == (2, 24, 24)
+    assert amap[0, 0, 0] != amap[0, 0, 1] and amap[0, 0, 0] != amap[0, 1, 0]  # no copied edge
+    with pytest.raises(ValueError, match="config.patches.border"):
+        cfg.patches.border = "wrap"
+        build(cfg)

@@ -352,7 +352,8 @@ def test_predict_scores_new_images(host_reference, tmp_path, synth_root):
     assert names == ["crack_000", "good_000", "hole_000", "scratch_000", "stain_000"]
     config, method, state = evaluate.load_run(workdir)
     image = load_split([Sample(synth_root / "tiles/test/hole/000.png", None, 0, "good")], 128)
-    maps, scores = evaluate.predict_all(method, state, image.images, 1)
+    predicted = evaluate.predict_all(method, state, image.images, 1)
+    maps, scores = predicted.anomaly_map, predicted.score
     np.testing.assert_allclose(np.load(out / "hole_000.npy"), maps[0], rtol=1e-5, atol=1e-6)
     assert float(rows[3].split(",")[2]) == pytest.approx(float(scores[0]), rel=1e-5)
     assert (out / "hole_000.png").is_file()

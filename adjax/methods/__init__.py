@@ -20,7 +20,8 @@ As the trainer (`adjax.train`) and the evaluator (`adjax.evaluate`) use it:
   entry per extra pool. The trainer advances `state.step`.
 - `calibrate(state, val) -> State`: statistics on held-out normal images (e.g. map quantiles);
   called on the host after training, like `init`.
-- `predict(state, images) -> Prediction`: anomaly maps at input size and image scores; jitted.
+- `predict(state, images) -> Prediction`: anomaly maps at input size and image scores (and
+  per-image reconstruction errors where the method reconstructs its input); jitted.
 - `extra_pools() -> dict[str, np.ndarray]`: further uint8 image sets the trainer keeps on the
   device and samples `batch[name]` from at each step (e.g. penalty images); usually empty.
 - `host_stream(start_step) -> Iterator[dict[str, np.ndarray]] | None`: batches of data too
@@ -44,10 +45,14 @@ import numpy as np
 
 
 class Prediction(flax.struct.PyTreeNode):
-    """What a method predicts for a batch of images."""
+    """What a method predicts for a batch of images: maps, scores and, for reconstruction
+    models, seed 001's per-image reconstruction errors (`base.reconstruction_errors`: e.g.
+    {"recon_l1": [B], "recon_mse": [B], "recon_ssim": [B]}), which the evaluator averages over
+    the test images."""
 
     anomaly_map: jax.Array  # [B, H, W] float32 at the input size, higher = more anomalous
     score: jax.Array        # [B] float32 image scores
+    reconstruction: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
 
 
 class Method(Protocol):

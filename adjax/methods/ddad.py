@@ -43,7 +43,7 @@ from adjax import weights as weights_lib
 from adjax.config import ConfigError, check_choice
 from adjax.data import augment
 from adjax.methods import Prediction, view_masks
-from adjax.methods.base import MethodBase, TrainState, backbone_kind
+from adjax.methods.base import MethodBase, TrainState, backbone_kind, two_phase_step
 from adjax.models.ddad_unet import UNet
 from adjax.nn.layers import avg_pool, resize_bilinear_align_corners
 from adjax.nn.resnet import LAYERS, ResNet
@@ -261,19 +261,12 @@ class DDAD(MethodBase):
     def train_step(self, state: State, batch: dict[str, jax.Array],
                    rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
         """A UNet step before `train.steps − da.steps`, a domain-adaptation step after, chosen
-        by `state.step` inside the compiled step (a run without DA compiles the UNet step
-        alone). On accelerators one `lax.cond` runs the phase's step. XLA:CPU runs the
-        branches of a conditional several times slower than the same computation at the top
-        level (the quick config's step: 4.2 s under `lax.cond` against 0.74 s + 0.66 s for the
-        two phases' steps, on the shared 2-core machine), so on a CPU both steps are computed
-        and the phase's result is kept."""
+        by `state.step` inside the compiled step (`two_phase_step`; a run without DA compiles
+        the UNet step alone)."""
         if not self.config.da.steps:
             return self._unet_step(state, batch, rng)
-        in_unet_phase = state.step < self.unet_steps
-        if jax.default_backend() == "cpu":
-            both = self._unet_step(state, batch, rng), self._da_step(state, batch, rng)
-            return jax.tree.map(lambda a, b: jnp.where(in_unet_phase, a, b), *both)
-        return jax.lax.cond(in_unet_phase, self._unet_step, self._da_step, state, batch, rng)
+        return two_phase_step(state.step < self.unet_steps, self._unet_step, self._da_step,
+                              state, batch, rng)
 
     def _metrics(self, **values: jax.Array) -> dict[str, jax.Array]:
         # Both phases report the same names (lax.cond and the trainer's log need one structure).

@@ -29,7 +29,7 @@ import optax
 from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
-from adjax.methods.base import MethodBase, TrainState
+from adjax.methods.base import MethodBase, TrainState, reconstruction_errors
 from adjax.methods.vae import smoothed_map
 from adjax.models.ganomaly import Discriminator, Generator
 
@@ -122,13 +122,15 @@ class GANomaly(MethodBase):
 
     def predict(self, state: State, images: jax.Array) -> Prediction:
         """Score: the latent distance (or the map's maximum); map: |x - G(x)| (channel mean,
-        smoothed)."""
+        smoothed); the reconstruction's L1, MSE and SSIM in [0, 1] units."""
         x = augment.to_float(images) * 2.0 - 1.0
         out = self.generator.apply({"params": state.params["generator"],
                                     "batch_stats": state.batch_stats["generator"]}, x)
         error = jnp.mean(jnp.abs(x - out["fake"]), axis=-1) / 2.0
         amap = smoothed_map(error, self.config.score.smooth_sigma)
         if self.config.score.image == "map_max":
-            return Prediction(anomaly_map=amap, score=jnp.max(amap, axis=(1, 2)))
-        score = jnp.mean((out["latent_i"] - out["latent_o"]) ** 2, axis=-1)
-        return Prediction(anomaly_map=amap, score=score)
+            score = jnp.max(amap, axis=(1, 2))
+        else:
+            score = jnp.mean((out["latent_i"] - out["latent_o"]) ** 2, axis=-1)
+        recon = reconstruction_errors((x + 1.0) / 2.0, (out["fake"] + 1.0) / 2.0, "recon")
+        return Prediction(anomaly_map=amap, score=score, reconstruction=recon)

@@ -16,6 +16,11 @@ restored). Images are used at `config.data.image_size` (the thesis's I_size: 128
 Prediction: the probability of every valid pixel's patch (the (S - 32)^2 centres, a row of
 patches at a time); border pixels, which have no patch, take the value of the nearest valid
 pixel (the thesis does not say how it fills them). The image score is the map's maximum.
+
+`config.patches.border`: "copy" (the default, as above: the thesis's valid pixels) or
+"reflect": images are reflect-padded by 16 px, in training and at inference, so that every
+pixel centres a patch and anomalies within 16 px of the border are classified too (not in the
+thesis; for small images, where the valid pixels are a small part: a quarter at 64 px).
 """
 
 import dataclasses
@@ -24,13 +29,15 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
-from adjax.methods.base import MethodBase, TrainState
+from adjax.methods.base import MethodBase, TrainState, reconstruction_errors
 from adjax.models.multilevel import PATCH, MultiLevel
 from adjax.models.vae import kl_sum
 
 HALF = PATCH // 2  # 16: a valid centre is at least this far from the border
+BORDERS = ("copy", "reflect")
 
 
 class State(TrainState):
@@ -76,7 +83,8 @@ class MultiLevelMethod(MethodBase):
                              "would get no anomalous training images with masks; set it (e.g. "
                              "0.5) to move that share of the anomalous test images into "
                              "training.")
-        if self.config.data.image_size <= 2 * HALF:
+        check_choice("config.patches.border", self.config.patches.border, BORDERS)
+        if self.config.data.image_size <= 2 * HALF and self.config.patches.border == "copy":
             raise ValueError(f"config.data.image_size must exceed {2 * HALF} for 33x33 patches, "
                              f"got {self.config.data.image_size}.")
         if self.config.patches.per_step < 2 or self.config.patches.per_step % 2:
@@ -112,9 +120,11 @@ class MultiLevelMethod(MethodBase):
     def train_step(self, state: State, batch: dict[str, jax.Array],
                    rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
         """One step of eq. 4.5 on a balanced draw of patches."""
-        x = augment.to_float(batch["image"])
+        x, y = self.padded(augment.to_float(batch["image"])), batch["mask"]
+        if self.config.patches.border == "reflect":
+            y = jnp.pad(y, ((0, 0), (HALF, HALF), (HALF, HALF)))
         k_patch, k_sample = jax.random.split(rng)
-        patches, labels, weights = self.training_patches(k_patch, x, batch["mask"])
+        patches, labels, weights = self.training_patches(k_patch, x, y)
         alpha = self.config.loss.alpha
 
         def loss_fn(params):
@@ -136,24 +146,39 @@ class MultiLevelMethod(MethodBase):
         state, (stats, metrics) = self.gradient_step(state, loss_fn)
         return state.replace(batch_stats=stats), metrics
 
+    def padded(self, x: jax.Array) -> jax.Array:
+        """[B, S, S, C] images, reflect-padded by 16 px with `patches.border` "reflect" (every
+        pixel then centres a patch), else as they are."""
+        if self.config.patches.border == "reflect":
+            return jnp.pad(x, ((0, 0), (HALF, HALF), (HALF, HALF), (0, 0)), mode="reflect")
+        return x
+
     def predict(self, state: State, images: jax.Array) -> Prediction:
-        """P(anomalous centre) of every valid pixel, borders filled from the nearest valid
-        pixel; the image score is the map's maximum."""
+        """P(anomalous centre) of every patch centre (with `patches.border` "copy", the border
+        pixels take the value of the nearest valid pixel); the image score is the map's
+        maximum; the decoder's reconstruction errors (Table 5.3) of the image whose centre
+        pixels come from their patches' reconstructions (borders copied from the input)."""
         x = augment.to_float(images)
-        b, size = x.shape[0], x.shape[1]
+        xp = self.padded(x)
+        b, size = x.shape[0], xp.shape[1]
         inner = size - 2 * HALF
         cols = jnp.arange(HALF, size - HALF)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
 
         def row(r):  # the patches of one row of centres, for every image
             index = jnp.repeat(jnp.arange(b), inner)
-            patches = cut_patches(x, index, jnp.full(b * inner, r), jnp.tile(cols, b))
-            return jax.nn.sigmoid(self.net.apply(variables, patches)["logit"]).reshape(b, inner)
+            patches = cut_patches(xp, index, jnp.full(b * inner, r), jnp.tile(cols, b))
+            out = self.net.apply(variables, patches)
+            return (jax.nn.sigmoid(out["logit"]).reshape(b, inner),
+                    out["reconstruction"][:, HALF, HALF].reshape(b, inner, -1))
 
-        probs = jax.lax.map(row, jnp.arange(HALF, size - HALF))  # [inner rows, B, inner]
-        amap = jnp.pad(jnp.transpose(probs, (1, 0, 2)), ((0, 0), (HALF, HALF), (HALF, HALF)),
-                       mode="edge")
-        return Prediction(anomaly_map=amap, score=jnp.max(amap, axis=(1, 2)))
+        probs, centres = jax.lax.map(row, jnp.arange(HALF, size - HALF))  # rows first
+        probs, centres = jnp.swapaxes(probs, 0, 1), jnp.swapaxes(centres, 0, 1)
+        pad = (x.shape[1] - inner) // 2  # 16 with "copy", 0 with "reflect"
+        amap = jnp.pad(probs, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+        recon = jax.lax.dynamic_update_slice(x, centres.astype(x.dtype), (0, pad, pad, 0))
+        return Prediction(anomaly_map=amap, score=jnp.max(amap, axis=(1, 2)),
+                          reconstruction=reconstruction_errors(x, recon, "recon"))
 
     def param_groups(self, state: State) -> dict[str, Any]:
         """The model as one count."""

@@ -30,10 +30,10 @@ import numpy as np
 
 from adjax.config import check_choice
 from adjax.data import augment
-from adjax.methods import Prediction, build
+from adjax.methods import Prediction
 from adjax.methods.base import MethodBase, TrainState
+from adjax.methods.vae import FrozenVAE
 from adjax.models.unet import UNet
-from adjax.nn.layers import resize_bilinear
 
 INPUTS = ("image_residual", "image", "residual")
 TERMS = ("bce", "dice", "iou")
@@ -124,30 +124,13 @@ class SupervisedUNet(MethodBase):
         return UNet(tuple(m.widths), 1, jnp.dtype(m.dtype))
 
     @functools.cached_property
-    def vae_run(self) -> tuple[Any, Any]:
-        """(the VAE method, its config), read from `config.model.vae_workdir` on the host."""
-        # The VAE is a finished run of its own; the evaluator's reader finds its config.
-        from adjax import evaluate
-
-        try:
-            config = evaluate.load_config(self.config.model.vae_workdir)
-        except evaluate.EvaluationError as err:
-            raise ValueError(f"config.model.vae_workdir: {err}") from err
-        if config.method != "vae":
-            raise ValueError(f"config.model.vae_workdir {self.config.model.vae_workdir} holds a "
-                             f"{config.method!r} run, not a VAE.")
-        return build(config), config
+    def vae(self) -> FrozenVAE:
+        """The trained VAE of `config.model.vae_workdir`."""
+        return FrozenVAE(self.config.model.vae_workdir, "config.model.vae_workdir")
 
     def pretrained(self) -> dict[str, Any] | None:
         """The trained VAE's variables (host numpy arrays), when the input needs them."""
-        if not self.uses_vae:
-            return None
-        from adjax import evaluate
-
-        self.vae_run  # noqa: B018 -- says which key names a missing or wrong run
-        _, _, state = evaluate.load_run(self.config.model.vae_workdir)
-        return jax.tree.map(np.asarray, {"params": state.params,
-                                         "batch_stats": state.batch_stats})
+        return self.vae.variables() if self.uses_vae else None
 
     def init(self, rng: jax.Array, train: dict[str, jax.Array],
              weights: dict[str, Any] | None = None) -> State:
@@ -156,10 +139,7 @@ class SupervisedUNet(MethodBase):
         vae = {}
         if self.uses_vae:
             if weights is None:  # shapes only (eval_shape of a restored run)
-                vae_method, vae_config = self.vae_run
-                vs = vae_config.data.image_size
-                v = vae_method.init(rng, {"image": jnp.zeros((1, vs, vs, 3), jnp.uint8)})
-                weights = {"params": v.params, "batch_stats": v.batch_stats}
+                weights = self.vae.shapes(rng)
             vae = jax.tree.map(jnp.asarray, weights)
         channels = 6 if self.config.model.inputs == "image_residual" else 3
         variables = jax.jit(self.net.init)(rng, jnp.zeros((1, size, size, channels)))
@@ -170,13 +150,7 @@ class SupervisedUNet(MethodBase):
         """The U-Net's input for [0, 1] images x: image, residual, or both stacked."""
         if not self.uses_vae:
             return x
-        vae_method, vae_config = self.vae_run
-        vs = vae_config.data.image_size
-        xs = x if x.shape[1] == vs else resize_bilinear(x, vs)
-        recon = vae_method.net.apply(state.vae, xs)["reconstruction"]
-        residual = x - (recon if recon.shape[1:3] == x.shape[1:3]
-                        else resize_bilinear(recon, x.shape[1:3]))
-        residual = jax.lax.stop_gradient(residual)
+        residual = jax.lax.stop_gradient(x - self.vae.reconstruct(state.vae, x))
         return residual if self.config.model.inputs == "residual" else \
             jnp.concatenate([x, residual], axis=-1)
 

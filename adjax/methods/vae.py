@@ -14,16 +14,19 @@ the anomaly map is the squared error averaged over channels (optionally Gaussian
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from adjax.config import check_choice
 from adjax.data import augment
 from adjax.methods import Prediction
-from adjax.methods.base import MethodBase, TrainState
+from adjax.methods.base import MethodBase, TrainState, reconstruction_errors
 from adjax.models.vae import VAE, kl_sum
+from adjax.nn.layers import resize_bilinear
 from adjax.nn.ssim import gaussian_filter, ssim_map
 
 RECONSTRUCTIONS = ("mse", "l1", "ssim")
@@ -107,13 +110,65 @@ class VAEMethod(MethodBase):
 
     def predict(self, state: State, images: jax.Array) -> Prediction:
         """Map: squared error of the mean reconstruction (channel mean, smoothed); score: its
-        max or mean."""
+        max or mean; the reconstruction's L1, MSE and SSIM (Table 5.1)."""
         x = augment.to_float(images)
-        error = jnp.mean(self.residual(state, x) ** 2, axis=-1)
-        amap = smoothed_map(error, self.config.score.smooth_sigma)
+        recon = self.reconstruct(state, x)
+        amap = smoothed_map(jnp.mean((x - recon) ** 2, axis=-1), self.config.score.smooth_sigma)
         reduce = jnp.max if self.config.score.reduce == "max" else jnp.mean
-        return Prediction(anomaly_map=amap, score=reduce(amap, axis=(1, 2)))
+        return Prediction(anomaly_map=amap, score=reduce(amap, axis=(1, 2)),
+                          reconstruction=reconstruction_errors(x, recon, "recon"))
 
     def param_groups(self, state: State) -> dict[str, Any]:
         """The VAE as one count."""
         return {"vae": state.params}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrozenVAE:
+    """A finished `configs/vae.py` run used, frozen, inside another method (the supervised
+    U-Net's residual, the UTAD fusion): read from `workdir`, named by config key `key` in
+    errors, applied at its own image size."""
+
+    workdir: str
+    key: str
+
+    @functools.cached_property
+    def run(self) -> tuple[VAEMethod, Any]:
+        """(the VAE method, its config), read on the host."""
+        # The VAE is a finished run of its own; the evaluator's reader finds its config.
+        from adjax import evaluate
+
+        try:
+            config = evaluate.load_config(self.workdir)
+        except evaluate.EvaluationError as err:
+            raise ValueError(f"{self.key}: {err}") from err
+        if config.method != "vae":
+            raise ValueError(f"{self.key} {self.workdir} holds a {config.method!r} run, not a "
+                             f"VAE.")
+        return VAEMethod(config), config
+
+    def variables(self) -> dict[str, Any]:
+        """The trained VAE's variables as host numpy arrays."""
+        from adjax import evaluate
+
+        self.run  # noqa: B018 -- says which key names a missing or wrong run
+        _, _, state = evaluate.load_run(self.workdir)
+        return jax.tree.map(np.asarray, {"params": state.params,
+                                         "batch_stats": state.batch_stats})
+
+    def shapes(self, rng: jax.Array) -> dict[str, Any]:
+        """Randomly initialised variables of the trained VAE's shapes (for `eval_shape`)."""
+        method, config = self.run
+        size = config.data.image_size
+        v = method.init(rng, {"image": jnp.zeros((1, size, size, 3), jnp.uint8)})
+        return {"params": v.params, "batch_stats": v.batch_stats}
+
+    def reconstruct(self, variables: Any, x: jax.Array) -> jax.Array:
+        """The VAE's mean reconstruction of [0, 1] images x, at x's size (x resized to the
+        VAE's size and the reconstruction back, bilinearly, where they differ)."""
+        method, config = self.run
+        vs = config.data.image_size
+        recon = method.net.apply(variables, x if x.shape[1] == vs else resize_bilinear(x, vs))
+        recon = recon["reconstruction"]
+        return recon if recon.shape[1:3] == x.shape[1:3] else resize_bilinear(recon,
+                                                                              x.shape[1:3])

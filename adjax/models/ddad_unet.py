@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adjax.nn.layers import Conv2d, Linear, group_norm
+from adjax.nn.layers import Conv2d, Linear, group_norm, upsample_nearest2
 
 # Channel multipliers per image side: the reference's where it builds, ours at 512 (see above).
 CHANNEL_MULTS = {
@@ -64,10 +64,6 @@ def _downsample(x: jax.Array) -> jax.Array:
     return nn.avg_pool(x, (2, 2), (2, 2))
 
 
-def _upsample(x: jax.Array) -> jax.Array:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
 class ResBlock(nn.Module):
     """The time-conditioned residual block (see the module docstring).
 
@@ -89,7 +85,7 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         h = nn.silu(group_norm(x, self.groups, "in_norm"))
         if self.resample is not None:
-            resample = {"down": _downsample, "up": _upsample}[self.resample]
+            resample = {"down": _downsample, "up": upsample_nearest2}[self.resample]
             h, x = resample(h), resample(x)
         h = Conv2d(self.features, 3, padding=1, dtype=self.dtype, name="in_conv")(h)
         bias = Linear(self.features, dtype=self.dtype, name="emb")(nn.silu(emb))

@@ -41,15 +41,20 @@ def feature_depth(config: Sequence[int | str]) -> int:
 
 
 class VGGFeatures(nn.Module):
-    """torchvision's `vgg.features[:depth]` on NHWC input (no normalisation inside)."""
+    """torchvision's `vgg.features[:depth]` on NHWC input (no normalisation inside); with
+    `taps`, the outputs of those torchvision layer indices as {index: map} instead (e.g. VGG-19's
+    relu1_1, relu2_1, relu3_1, relu4_1 are 1, 6, 11, 20), the trunk ending at the last tap."""
 
     depth: int = 4
     config: tuple = VGG11
+    taps: tuple[int, ...] = ()
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array | dict[int, jax.Array]:
+        depth = max(self.taps) + 1 if self.taps else self.depth
+        out = {}
         for index, kind, channels in _layers(self.config):
-            if index >= self.depth:
+            if index >= depth:
                 break
             if kind == "conv":
                 x = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)),
@@ -58,4 +63,6 @@ class VGGFeatures(nn.Module):
                 x = nn.relu(x)
             else:
                 x = nn.max_pool(x, (2, 2), (2, 2))
-        return x
+            if index in self.taps:
+                out[index] = x
+        return out if self.taps else x
