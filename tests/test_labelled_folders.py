@@ -1,6 +1,8 @@
 """Labelled training folders (`config.data.labelled_train`: train/<defect> with ground_truth/)
-on tiny generated MVTec-like trees."""
+and LabelMe polygon masks, on tiny generated MVTec-like trees."""
 
+import dataclasses
+import json
 import pathlib
 import re
 
@@ -9,7 +11,7 @@ import pytest
 from PIL import Image
 
 from adjax.config import data_config
-from adjax.data import datasets
+from adjax.data import datasets, loading
 from adjax.data.layouts import DataError, list_samples
 
 W, H = 24, 16  # original image size (width × height)
@@ -131,3 +133,85 @@ def test_layouts_without_defect_folders_refuse_the_key(tree, layout):
     with pytest.raises(DataError, match="'folder' layout has no anomalous training folders"):
         list_samples("folder", tree / "part" / "train" / "good", None, "train",
                      anomalous_train=True)
+
+
+# ----------------------------------------------------------------------------- LabelMe masks
+
+
+def _labelme(path, shapes, width=W, height=H):
+    """Writes a LabelMe annotation with `shapes` [(shape_type, points)] and returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "version": "5.4.1", "flags": {}, "imagePath": "unused.png", "imageData": None,
+        "imageHeight": height, "imageWidth": width,
+        "shapes": [{"label": "crack", "points": points, "group_id": None, "shape_type": kind,
+                    "flags": {}} for kind, points in shapes]}))
+    return path
+
+
+def _json_tree(tree, shapes, **size):
+    """`tree` with t1's PNG mask replaced by a LabelMe annotation of `shapes`."""
+    gt = tree / "part" / "ground_truth" / "crack"
+    (gt / "t1_mask.png").unlink()
+    return _labelme(gt / "t1_mask.json", shapes, **size)
+
+
+def test_labelme_polygon_and_rectangle_are_rasterised(tree):
+    # A right triangle with legs on x = 1 and y = 1 (vertices (1, 1), (11, 1), (1, 11)) and a
+    # rectangle with corners (14, 3) and (21, 9), given in dragging order bottom-right first.
+    _json_tree(tree, [("polygon", [[1, 1], [11, 1], [1, 11]]),
+                      ("rectangle", [[21, 9], [14, 3]])])
+    yy, xx = np.mgrid[:H, :W]
+    triangle = (xx >= 1) & (yy >= 1) & (xx + yy <= 12)
+    rectangle = (xx >= 14) & (xx <= 21) & (yy >= 3) & (yy <= 9)
+    samples = list_samples("mvtec_ad", tree, "part", "train", anomalous_train=True)
+    assert samples[-1].mask.suffix == ".json"
+    np.testing.assert_array_equal(loading.original_mask(samples[-1]),
+                                  (triangle | rectangle).astype(np.uint8))
+    # Loading draws the same mask before resizing it as any mask image.
+    _save(tree / "drawn.png", (triangle | rectangle).astype(np.uint8) * 255)
+    drawn = dataclasses.replace(samples[-1], mask=tree / "drawn.png")
+    np.testing.assert_array_equal(loading.load_split([samples[-1]], S).masks,
+                                  loading.load_split([drawn], S).masks)
+
+
+def test_labelme_circle_is_its_disc(tree):
+    """Centre (12, 8), radius 4: Pillow's ellipse is the disc up to its one-pixel rim."""
+    _json_tree(tree, [("circle", [[12, 8], [12, 12]])])
+    sample = list_samples("mvtec_ad", tree, "part", "train", anomalous_train=True)[-1]
+    yy, xx = np.mgrid[:H, :W]
+    distance = np.hypot(xx - 12, yy - 8)
+    mask = loading.original_mask(sample).astype(bool)
+    assert mask[distance <= 3].all() and not mask[distance >= 5].any()
+
+
+def test_a_png_mask_wins_over_a_json_of_the_same_stem(tree):
+    gt = tree / "part" / "ground_truth" / "crack"
+    _labelme(gt / "t1_mask.json", [("rectangle", [[0, 0], [3, 3]])])
+    sample = list_samples("mvtec_ad", tree, "part", "train", anomalous_train=True)[-1]
+    assert sample.mask == gt / "t1_mask.png"
+
+
+@pytest.mark.parametrize("shapes, size, message", [
+    ([("polygon", [[1, 1], [8, 1], [1, 8]])], dict(width=W + 2),
+     f"is for a {W + 2}×{H} image, which does not match its image"),
+    ([("line", [[1, 1], [8, 1]])], {}, "shape_type 'line', which has no area"),
+    ([("polygon", [[1, 1], [8, 1]])], {}, "has 2 point\\(s\\), but a polygon needs at least 3"),
+    ([("polygon", [[1, 1], [8, 1], [1, H + 1.5]])], {}, "more than 1 px outside"),
+])
+def test_bad_labelme_annotations_are_named(tree, shapes, size, message):
+    path = _json_tree(tree, shapes, **size)
+    sample = list_samples("mvtec_ad", tree, "part", "train", anomalous_train=True)[-1]
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + message):
+        loading.load_split([sample], S)
+
+
+def test_malformed_labelme_json_is_named(tree):
+    path = _json_tree(tree, [])
+    path.write_text('{"imageHeight": 16, "imageWidth": 24, "shapes": [')
+    sample = list_samples("mvtec_ad", tree, "part", "train", anomalous_train=True)[-1]
+    with pytest.raises(DataError, match=re.escape(f"LabelMe annotation {path} is not valid JSON")):
+        loading.original_mask(sample)
+    path.write_text('{"imageWidth": 24, "shapes": []}')
+    with pytest.raises(DataError, match=re.escape(f"{path} has no imageHeight")):
+        loading.original_mask(sample)

@@ -12,7 +12,9 @@ Supported layouts (see ``LAYOUTS``):
 
 Labelled training data (``anomalous_train``, ``config.data.labelled_train``): in the MVTec-like
 layouts every folder of ``train/`` besides the normal one holds anomalous training images of that
-defect, whose masks are found in ``ground_truth/<defect>/`` as for the test images.
+defect, whose masks are found in ``ground_truth/<defect>/`` as for the test images. A mask may
+be an image or a LabelMe annotation ``<stem><suffix>.json`` (``adjax.data.polygons``); an image
+wins over a JSON file of the same stem.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ LAYOUTS = ("mvtec_ad", "mpdd", "btad", "visa", "folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Preference order when one stem has several mask files: PNG is the format every published
-# layout uses, so it wins over a BMP/JPEG left next to it.
-_MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+# layout uses, so it wins over a BMP/JPEG left next to it; a LabelMe polygon file (.json) comes
+# last, so that a raster mask exported from it is the one read.
+_MASK_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".json")
 
 _SPLITS = ("train", "test")
 
@@ -179,7 +182,8 @@ def _list_defects(cat_dir: pathlib.Path, split: str, spec: _Spec, name: str,
             if mask is None and not allow_missing:
                 expected = gt_dir / f"{image.stem}{spec.mask_suffix}.png"
                 raise DataError(f"{name} anomalous {split} image {image} has no mask file "
-                                f"(expected {expected} or another image extension)")
+                                f"(expected {expected} or that name with another image "
+                                f"extension or .json for a LabelMe annotation)")
             samples.append(Sample(image, mask, 1, defect_dir.name))
     return samples
 
