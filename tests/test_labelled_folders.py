@@ -215,3 +215,24 @@ def test_malformed_labelme_json_is_named(tree):
     path.write_text('{"imageWidth": 24, "shapes": []}')
     with pytest.raises(DataError, match=re.escape(f"{path} has no imageHeight")):
         loading.original_mask(sample)
+
+
+# ----------------------------------------------------------------------------- supervised methods
+
+
+@pytest.mark.parametrize("name", ["supervised_unet", "multilevel"])
+def test_supervised_methods_accept_labelled_training_folders(name):
+    from conftest import load_config
+
+    from adjax.methods import build
+
+    cfg = load_config(name, "quick")
+    if name == "supervised_unet":
+        cfg.model.inputs = "image"  # no VAE run needed
+    cfg.data.supervised_fraction = 0.0
+    cfg.data.labelled_train = True
+    assert build(cfg).trains_on_masks
+    cfg.data.labelled_train = False
+    with pytest.raises(ValueError, match="config.data.supervised_fraction is 0 and "
+                                         "config.data.labelled_train is false: .*train/<defect>"):
+        build(cfg)
