@@ -41,11 +41,14 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     training images held out for calibration), cache_dir (decoded arrays; empty means
     ~/.cache/adjax or $ADJAX_CACHE), real_iad (the real_iad layout's folders under root: json,
     the split files (realiad_jsons; realiad_jsons_sv, realiad_jsons_fuiad_0.1, ...), images
-    (realiad_1024; realiad_512, realiad_raw, ...)).
+    (realiad_1024; realiad_512, realiad_raw, ...)), labelled_train (mvtec_ad, mpdd, btad, visa:
+    the anomalous images of every train/<defect> folder, with masks in ground_truth/<defect>,
+    join the training split, for the supervised methods; false: train/good only).
     """
     cfg = ml_collections.ConfigDict(
         dict(layout="mvtec_ad", name="", root="", category="", image_size=256, val_fraction=0.1,
-             cache_dir="", real_iad=dict(json="realiad_jsons", images="realiad_1024"))
+             cache_dir="", real_iad=dict(json="realiad_jsons", images="realiad_1024"),
+             labelled_train=False)
     )
     cfg.update(overrides)
     return cfg

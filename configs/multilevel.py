@@ -6,6 +6,11 @@ adjax/methods/multilevel.py).
 Supervised: `config.data.supervised_fraction` moves that share of each defect type's anomalous
 test images (with masks) into training, as for configs/supervised_unet.py.
 
+Your own labelled data, as for configs/supervised_unet.py: anomalous training images in
+`<root>/<category>/train/<defect>/` beside `train/good/`, masks (images, or LabelMe polygon
+annotations `<stem>_mask.json`) in `ground_truth/<defect>/`, and `--config.data.root=/data/parts
+--config.data.category=door --config.data.labelled_train=true --config.data.supervised_fraction=0`.
+
 Variants:
 
 * `thesis` (default): Table 5.3 test 2 (alpha 0.001, I_size 256); batch 64 patches, lr 1e-3,

@@ -8,6 +8,13 @@ moves that share of each defect type's anomalous test images (with their masks) 
 and out of the test split (seeded by `config.data.supervised_seed`, the same for every run), as
 the thesis splits its one labelled set 223 / 100 (a fraction of 0.69).
 
+Your own labelled data: put the anomalous training images in `<root>/<category>/train/<defect>/`
+beside the normal ones in `train/good/`, their masks in `ground_truth/<defect>/<stem>_mask.png`
+(as for `test/<defect>/`; a LabelMe polygon annotation `<stem>_mask.json` is accepted too), and
+train with `--config.data.root=/data/parts --config.data.category=door
+--config.data.labelled_train=true --config.data.supervised_fraction=0` (or keep a fraction to
+add test images too). Validation stays normal only.
+
 Variants:
 
 * `thesis` (default): Table 5.6's row (Table 5.2, test 2): BCE, Augmented(Original, Residual);

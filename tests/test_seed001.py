@@ -309,7 +309,8 @@ def _unet_config(**model):
 def test_supervised_unet_needs_anomalous_training_images_and_a_vae(tmp_path):
     cfg = _unet_config(inputs="image")
     cfg.data.supervised_fraction = 0.0
-    with pytest.raises(ValueError, match="config.data.supervised_fraction is 0"):
+    with pytest.raises(ValueError, match="config.data.supervised_fraction is 0 and "
+                                         "config.data.labelled_train is false"):
         build(cfg)
     with pytest.raises(ValueError, match="config.model.vae_workdir is empty"):
         build(_unet_config(vae_workdir=""))

@@ -17,7 +17,7 @@ import numpy as np
 from adjax.config import EMBEDDED
 from adjax.data import labelled, real_iad, synthetic
 from adjax.data.labelled import per_class_holdout
-from adjax.data.layouts import LAYOUTS, DataError, Sample, list_samples
+from adjax.data.layouts import LABELLED_TRAIN_LAYOUTS, LAYOUTS, DataError, Sample, list_samples
 from adjax.data.loading import Split, cache_dir, load_split, original_mask, split_validation
 
 Log = Callable[[str], None]
@@ -54,18 +54,33 @@ def supervised_part(labels: np.ndarray, defects: tuple[str, ...], fraction: floa
     return per_class_holdout(defect_ids, fraction, seed) & (labels == 1)
 
 
+def labelled_train(cfg: ml_collections.ConfigDict) -> bool:
+    """`config.data.labelled_train`: whether the training split also holds the anomalous images
+    of `train/<defect>` folders (with masks in `ground_truth/<defect>`); one sentence for a
+    layout that has no such folders."""
+    wanted = bool(cfg.get("labelled_train", False))
+    if wanted and cfg.layout not in LABELLED_TRAIN_LAYOUTS:
+        raise DataError(f"config.data.labelled_train reads train/<defect> folders, which the "
+                        f"{cfg.layout!r} layout does not have; use one of "
+                        f"{', '.join(LABELLED_TRAIN_LAYOUTS)} or set it to false.")
+    return wanted
+
+
 class ImageFolders:
     """The folder layouts: decoded once into the cache, then read from it.
 
-    With `config.data.supervised_fraction` > 0 (supervised methods: seed 001's U-Net) a share of
-    the anomalous test images, with their masks, moves into the training split and out of the
-    test split, as the thesis splits its one labelled set (223 train / 100 test); the
-    validation images stay normal.
+    Supervised methods (seed 001's U-Net) get anomalous training images with masks in two ways,
+    which may be combined: with `config.data.labelled_train` the anomalous images of the
+    `train/<defect>` folders join the training split, and with `config.data.supervised_fraction`
+    > 0 a share of the anomalous test images, with their masks, moves into the training split and
+    out of the test split, as the thesis splits its one labelled set (223 train / 100 test). The
+    validation images are drawn from the normal training images only.
     """
 
     def samples(self, cfg, split: str, log: Log | None) -> list[Sample]:
         """The files of one split, from the folder layout."""
-        return list_samples(cfg.layout, root(cfg, log), cfg.category or None, split)
+        return list_samples(cfg.layout, root(cfg, log), cfg.category or None, split,
+                            anomalous_train=labelled_train(cfg))
 
     def _load(self, cfg, split: str, log: Log | None) -> Split:
         return load_split(self.samples(cfg, split, log), cfg.image_size,
@@ -96,7 +111,14 @@ class ImageFolders:
         return [s for s, k in zip(samples, keep, strict=True) if k]
 
     def train_and_validation(self, cfg, seed, log):
-        train, val = split_validation(self._load(cfg, "train", log), cfg.val_fraction, seed)
+        full = self._load(cfg, "train", log)
+        normal = full.labels == 0
+        # Validation calibrates on normal images only; the whole split is passed on when it is
+        # all normal, so that no copy of it is made.
+        train, val = split_validation(full if normal.all() else full.take(normal),
+                                      cfg.val_fraction, seed)
+        if not normal.all():
+            train = train.concat(full.take(~normal))
         if cfg.get("supervised_fraction", 0.0):
             if cfg.layout == "folder":
                 raise DataError("config.data.supervised_fraction needs anomalous images with "
@@ -158,6 +180,7 @@ def _source(cfg: ml_collections.ConfigDict) -> Source:
     if cfg.layout not in SOURCES:
         raise DataError(f"config.data.layout {cfg.layout!r} is not one of "
                         f"{', '.join(SOURCES)}.")
+    labelled_train(cfg)  # refused before any work for a layout without train/<defect> folders
     return SOURCES[cfg.layout]
 
 

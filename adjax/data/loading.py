@@ -2,7 +2,8 @@
 
 Images are decoded with Pillow, converted to RGB and resized to S×S with bilinear filtering
 (what torchvision's ``Resize`` does on PIL images, the pre-processing of the PyTorch references).
-Masks are resized with nearest neighbour and binarised to {0, 1}.
+Masks are resized with nearest neighbour and binarised to {0, 1}; a LabelMe polygon annotation
+(`adjax.data.polygons`) is first drawn at its image's size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from adjax import files
+from adjax.data import polygons
 from adjax.data.layouts import DataError, Sample, list_samples
 
 # Bump when the decoding or the file content changes, so old caches are not reused.
@@ -198,16 +200,29 @@ def load_folder(
 
 def original_mask(sample: Sample) -> np.ndarray:
     """{0, 1} uint8 [H, W] ground truth of `sample` at its image's own size (zeros for a
-    normal image: only the image's header is read)."""
+    normal image); of the image only the header, which gives its size, is read."""
+    try:
+        with Image.open(sample.image) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"could not read image {sample.image}: {exc}") from exc
     if sample.mask is None:
-        try:
-            with Image.open(sample.image) as img:
-                width, height = img.size
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"could not read image {sample.image}: {exc}") from exc
         return np.zeros((height, width), np.uint8)
+    return mask_pixels(sample, (width, height)).astype(np.uint8)
+
+
+def mask_pixels(sample: Sample, image_wh: tuple[int, int]) -> np.ndarray:
+    """Boolean [H, W]: the anomalous pixels of `sample`'s mask file (a mask image or a LabelMe
+    annotation, `adjax.data.polygons`), whose size must be its image's (W, H) `image_wh`."""
+    if polygons.is_annotation(sample.mask):
+        return polygons.rasterise(sample.mask, sample.image, image_wh)
     with _open(sample.mask, "mask") as m:
-        return _mask_nonzero(m).astype(np.uint8)
+        if m.size != image_wh:
+            raise DataError(
+                f"mask {sample.mask} is {m.size[0]}×{m.size[1]} but its image {sample.image} is "
+                f"{image_wh[0]}×{image_wh[1]}"
+            )
+        return _mask_nonzero(m)
 
 
 def _load_sample(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,15 +233,9 @@ def _load_sample(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
         image = np.asarray(image, dtype=np.uint8)
     if sample.mask is None:
         return image, np.zeros((size, size), dtype=np.uint8)
-    with _open(sample.mask, "mask") as m:
-        if m.size != image_wh:
-            raise DataError(
-                f"mask {sample.mask} is {m.size[0]}×{m.size[1]} but its image {sample.image} is "
-                f"{image_wh[0]}×{image_wh[1]}"
-            )
-        # Binarising before the nearest resize equals binarising after it (nearest only picks
-        # source pixels) and avoids resizing odd modes such as RGB or 16-bit masks.
-        mask = Image.fromarray(_mask_nonzero(m).astype(np.uint8) * 255)
+    # Binarising before the nearest resize equals binarising after it (nearest only picks
+    # source pixels) and avoids resizing odd modes such as RGB or 16-bit masks.
+    mask = Image.fromarray(mask_pixels(sample, image_wh).astype(np.uint8) * 255)
     mask = np.asarray(mask.resize((size, size), Image.NEAREST)) > 0
     return image, mask.astype(np.uint8)
 

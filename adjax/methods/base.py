@@ -113,6 +113,20 @@ class MethodBase:
     # True for a supervised method: its training batches carry "mask" (uint8 [B, H, W]).
     trains_on_masks: ClassVar[bool] = False
 
+    def require_masked_training_data(self, what: str) -> None:
+        """For a supervised method (`trains_on_masks`), called when it is built: one sentence
+        naming both keys unless `config.data` gives `what` anomalous training images with masks
+        (`supervised_fraction` > 0 or `labelled_train`)."""
+        data = self.config.data
+        if data.get("supervised_fraction", 0.0) or data.get("labelled_train", False):
+            return
+        raise ConfigError(f"{what} needs anomalous training images with masks, but "
+                          f"config.data.supervised_fraction is 0 and config.data.labelled_train "
+                          f"is false: set supervised_fraction (e.g. 0.5) to move that share of "
+                          f"each defect's anomalous test images into training, or "
+                          f"labelled_train=true to train on the train/<defect> folders with "
+                          f"their masks in ground_truth/<defect>.")
+
     @property
     def tx(self) -> optax.GradientTransformation:
         """Adam with L2 weight decay from `config.optim` (lr, weight_decay)."""

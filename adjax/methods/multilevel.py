@@ -78,11 +78,7 @@ class MultiLevelMethod(MethodBase):
     trains_on_masks: ClassVar[bool] = True
 
     def __post_init__(self):
-        if not self.config.data.get("supervised_fraction", 0.0):
-            raise ValueError("config.data.supervised_fraction is 0, so the multi-level model "
-                             "would get no anomalous training images with masks; set it (e.g. "
-                             "0.5) to move that share of the anomalous test images into "
-                             "training.")
+        self.require_masked_training_data("the multi-level model")
         check_choice("config.patches.border", self.config.patches.border, BORDERS)
         if self.config.data.image_size <= 2 * HALF and self.config.patches.border == "copy":
             raise ValueError(f"config.data.image_size must exceed {2 * HALF} for 33x33 patches, "

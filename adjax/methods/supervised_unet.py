@@ -108,11 +108,7 @@ class SupervisedUNet(MethodBase):
             raise ValueError(f"config.model.vae_workdir is empty, but the input "
                              f"{m.inputs!r} needs a trained VAE: train configs/vae.py and "
                              f"point it at that work directory.")
-        if not self.config.data.get("supervised_fraction", 0.0):
-            raise ValueError("config.data.supervised_fraction is 0, so the supervised U-Net "
-                             "would get no anomalous training images with masks; set it (e.g. "
-                             "0.5) to move that share of the anomalous test images into "
-                             "training.")
+        self.require_masked_training_data("the supervised U-Net")
 
     @property
     def uses_vae(self) -> bool:
