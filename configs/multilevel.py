@@ -60,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.data = common.embedded_data_config(image_size=64, supervised_fraction=0.5,
                                                supervised_seed=0)
         cfg.model.update(width=8, hidden=64, latent=16, agg=8, mlp=(64, 32, 16, 8))
+        cfg.patches.border = "reflect"
         cfg.train = common.train_config(steps=400, batch_size=8, steps_per_call=50,
                                         checkpoint_every=400, log_every=50)
         cfg.eval.batch_size = 8

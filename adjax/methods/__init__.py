@@ -139,6 +139,12 @@ def _supervised_unet(config):
     return SupervisedUNet(config)
 
 
+def _utad(config):
+    from adjax.methods.utad import UTAD
+
+    return UTAD(config)
+
+
 def _vae(config):
     from adjax.methods.vae import VAEMethod
 
@@ -163,6 +169,7 @@ REGISTRY: dict[str, Callable[[ml_collections.ConfigDict], Method]] = {
     "pyramidal_ae": _pyramidal_ae,
     "riad": _riad,
     "supervised_unet": _supervised_unet,
+    "utad": _utad,
     "vae": _vae,
     "vtadl": _vtadl,
 }
