@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 from adjax import xla
@@ -62,7 +63,7 @@ def assert_record_holds_the_runs_metrics(record, workdir, keys=("image_auroc", "
                                          batch=3):
     """The record's metrics are those of the run's predictions on its test split (recomputed
     here with another prediction batch size, or the evaluator's own where a map depends on its
-    batch)."""
+    batch), seed 001's reconstruction errors among them (their means over the test images)."""
     from adjax import evaluate, metrics
     from adjax.data import datasets
 
@@ -71,5 +72,6 @@ def assert_record_holds_the_runs_metrics(record, workdir, keys=("image_auroc", "
     predicted = evaluate.predict_all(method, state, test.images, batch)
     maps, scores = predicted.anomaly_map, predicted.score
     expected = metrics.compute(scores, test.labels, maps, test.masks, fpr_limit=0.3)
-    for key in keys:
+    expected |= {k: float(np.mean(v)) for k, v in predicted.reconstruction.items()}
+    for key in (*keys, *predicted.reconstruction):
         assert record["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key

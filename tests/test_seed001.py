@@ -94,6 +94,19 @@ def test_vae_step_is_eq_4_10_and_predicts_the_error_map(vae_method):
                                              plain.predict(s, images).anomaly_map))(new, images)
     error = np.mean((np.asarray(recon) - np.asarray(x)) ** 2, axis=-1)
     np.testing.assert_allclose(amap, error, rtol=1e-4, atol=1e-7)
+    # Table 5.1's reconstruction errors: L1, MSE and scikit-image's Gaussian SSIM per image.
+    from skimage.metrics import structural_similarity
+
+    r, xs = np.asarray(recon, np.float64), np.asarray(x, np.float64)
+    np.testing.assert_allclose(pred.reconstruction["recon_l1"], np.abs(r - xs).mean(
+        axis=(1, 2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(pred.reconstruction["recon_mse"], ((r - xs) ** 2).mean(
+        axis=(1, 2, 3)), rtol=1e-4)
+    want_ssim = [structural_similarity(a, b, channel_axis=-1, data_range=1.0,
+                                       gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False)
+                 for a, b in zip(xs, r, strict=True)]
+    np.testing.assert_allclose(pred.reconstruction["recon_ssim"], want_ssim, rtol=1e-3)
 
 
 def test_vae_bad_keys_name_themselves():
@@ -452,9 +465,8 @@ def test_multilevel_patches_are_balanced_and_centred(multilevel_method):
     assert weights.tolist() == [0.0] * 4 + [1.0] * 4  # no anomalous pixel: no positives
 
 
-def test_multilevel_step_is_eq_4_5_and_fills_the_border(multilevel_method):
-    method, images = multilevel_method, _images(2, 40)
-    masks = jnp.zeros((2, 40, 40), jnp.uint8).at[1, 18:22, 20:23].set(1)
+def _step_and_predict(method, images, masks):
+    """(metrics of one supervised step from a new state, the prediction after it)."""
     state = method.init(_KEY, {"image": images})
 
     @jax.jit
@@ -463,7 +475,13 @@ def test_multilevel_step_is_eq_4_5_and_fills_the_border(multilevel_method):
                                          jax.random.key(1))
         return metrics, method.predict(new, images)
 
-    metrics, pred = step_and_predict(state)
+    return step_and_predict(state)
+
+
+def test_multilevel_step_is_eq_4_5_and_fills_the_border(multilevel_method):
+    method, images = multilevel_method, _images(2, 40)
+    masks = jnp.zeros((2, 40, 40), jnp.uint8).at[1, 18:22, 20:23].set(1)
+    metrics, pred = _step_and_predict(method, images, masks)
     m = {k: float(v) for k, v in metrics.items()}
     assert m["loss"] == pytest.approx(m["loss_mse"] + m["loss_kl"] + 0.001 * m["loss_bce"],
                                       rel=1e-5)
@@ -501,15 +519,7 @@ def test_multilevel_reflect_border_classifies_every_pixel():
     cfg.patches.update(per_step=8, border="reflect")
     method, images = build(cfg), _images(2, 24)
     masks = jnp.zeros((2, 24, 24), jnp.uint8).at[0, 0:2, 0:2].set(1)  # in the corner
-    state = method.init(_KEY, {"image": images})
-
-    @jax.jit
-    def step_and_predict(state):
-        new, metrics = method.train_step(state, {"image": images, "mask": masks},
-                                         jax.random.key(1))
-        return metrics, method.predict(new, images)
-
-    metrics, pred = step_and_predict(state)
+    metrics, pred = _step_and_predict(method, images, masks)
     assert np.isfinite(float(metrics["loss"]))
     amap = np.asarray(pred.anomaly_map)
     assert amap.shape == (2, 24, 24)

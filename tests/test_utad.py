@@ -187,3 +187,23 @@ def test_thesis_and_original_variants():
             original.eval.per_image_threshold) == ("vgg19", "sum", 0.5)
     assert thesis.model.vae_weight == 0.8 and thesis.ie.lr == 1e-4 and thesis.expert.lr == 1e-3
     assert (thesis.train.batch_size, thesis.expert.batch_size) == (16, 8)
+
+
+def test_train_and_eval_through_the_trainer(synth_root, tmp_path):
+    """Both phases through the trainer, calibration on the validation images, and a record
+    with the pooled metrics, the per-image protocol and Table 5.4's reconstruction errors."""
+    from conftest import assert_record_holds_the_runs_metrics
+
+    from adjax import evaluate, train
+
+    cfg = _config()
+    cfg.data.update(root=str(synth_root), category="tiles")
+    cfg.train.update(steps_per_call=2, checkpoint_every=4, log_every=4)
+    state = train.train(cfg, tmp_path, devices=jax.devices()[:1], log=lambda s: None)
+    assert int(state.step) == 4 and not np.allclose(state.layer_scale, 1.0)
+    record, _ = evaluate.evaluate(tmp_path)
+    assert_record_holds_the_runs_metrics(record, tmp_path, ("image_auroc", "pixel_auroc"),
+                                         batch=cfg.eval.batch_size)
+    assert {"per_image_f1", "recon_x_ssim", "recon_m_l1"} <= set(record["metrics"])
+    assert "random" in record["notes"]["extractor"]
+    assert record["run"]["params"].keys() == {"ie", "disc", "expert"}
