@@ -445,7 +445,8 @@ def multilevel_method():
     cfg = load_config("multilevel", "quick")
     cfg.data.image_size = 40
     cfg.model.update(width=4, hidden=8, latent=4, agg=4, mlp=(8, 8, 8, 8))
-    cfg.patches.per_step = 8
+    cfg.patches.update(per_step=8, border="copy")  # the thesis's valid pixels
+    cfg.loss.alpha = 0.001
     return build(cfg)
 
 
