@@ -39,7 +39,9 @@ Decisions for what the thesis leaves unspecified (its Sec. 7 list):
   1e-4, Expert-Net 1e-3) and batches (16 and 8: the Expert-Net takes the first 8 of each batch).
 * epochs: 10 for the IE-Net (the thesis) and 10 for the Expert-Net (not stated), of 30,000
   images (the VAE's Fig. 5.5 subset): 18,750 + 37,500 steps. Set them for your data.
-* lambda_1 = 1 and alpha = 0.5 (the thesis: lambda >= alpha, not far apart).
+* lambda_1 = 1 and alpha = 0.5 (the thesis: lambda >= alpha, not far apart); the IE-Net's
+  reconstruction term is eq. 4.6's MSE (the default) or the prose's L1
+  (--config.ie.reconstruction=l1).
 * widths: IE-Net inception blocks 64, 128, 256 (three pools); T 64 (doubling to 512) with FC
   512, 256, 128; Expert-Net MUNIT's: dim 64, style 8, MLP 256; the decoder upsamples by
   nearest x2 and a 5x5 conv (MUNIT's).
@@ -70,8 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dim=64, style_dim=8, mlp_hidden=256,
         vae_workdir="", vae_weight=0.8,  # eq. 4.11: m = w VAE(x) + (1 - w) IE(x)
         dtype="float32"))
-    cfg.ie = ml_collections.ConfigDict(dict(steps=18_750, lr=1e-4, mse_weight=1.0,
-                                            kl_weight=0.5))
+    cfg.ie = ml_collections.ConfigDict(dict(
+        steps=18_750, lr=1e-4, mse_weight=1.0, kl_weight=0.5,
+        reconstruction="mse"))  # eq. 4.6; "l1": the prose's loss, which eq. 4.6 contradicts
     cfg.expert = ml_collections.ConfigDict(dict(
         batch_size=8, lr=1e-3, x=1.0, m=1.0, style=1.0, vgg=1.0,
         vgg_layers=(1, 6, 11, 20),  # torchvision VGG-19 features: relu1_1 ... relu4_1

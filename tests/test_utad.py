@@ -163,6 +163,7 @@ def test_impression_fuses_the_vae_and_the_ie_net(trained):
     ({"model__vae_weight": 0.8, "model__vae_workdir": ""}, "config.model.vae_workdir is empty"),
     ({"expert__vgg": 1.0}, "config.expert.vgg_weights is empty"),
     ({"score__extractor": "alexnet"}, "config.score.extractor"),
+    ({"ie__reconstruction": "ssim"}, "config.ie.reconstruction"),
     ({"score__layers": ("layer5",)}, "config.score.layers"),
     ({"data__image_size": 48}, "config.data.image_size must be at least 64"),
     ({"ie__steps": 9}, "config.ie.steps must be in"),
@@ -207,3 +208,20 @@ def test_train_and_eval_through_the_trainer(synth_root, tmp_path):
     assert {"per_image_f1", "recon_x_ssim", "recon_m_l1"} <= set(record["metrics"])
     assert "random" in record["notes"]["extractor"]
     assert record["run"]["params"].keys() == {"ie", "disc", "expert"}
+
+
+def test_ie_reconstruction_term_is_eq_4_6_or_the_prose_l1():
+    images = _images(4)
+    x = images / 255.0
+    for kind in ("mse", "l1"):
+        cfg = _config(ie__reconstruction=kind)
+        cfg.train.steps = cfg.ie.steps = 1  # the IE-Net step alone
+        method = build(cfg)
+        state = method.init(_KEY, {"image": images})
+        _, metrics = jax.jit(method.train_step)(state, {"image": images}, jax.random.key(1))
+        recon = method.ie_net.apply({"params": state.params["ie"],
+                                     "batch_stats": state.batch_stats["ie"]}, x, train=True,
+                                    mutable=["batch_stats"])[0]["reconstruction"]
+        error = np.asarray(recon) - np.asarray(x)
+        want = np.mean(error ** 2) if kind == "mse" else np.mean(np.abs(error))
+        assert float(metrics["loss_mse"]) == pytest.approx(want, rel=1e-4)

@@ -7,7 +7,8 @@ batches x of normal images (eq. 4.9):
     L = lambda_1 MSE(x, D_M(E_M(x))) + alpha KL(mu, sigma) + DSC
     DSC = -log T(x, E_M(x)) - log(1 - T(x~, z~))
 
-MSE the mean over pixels and channels (eq. 4.6; the prose's "L1" is not the equation), KL
+MSE the mean over pixels and channels (eq. 4.6; `ie.reconstruction="l1"` takes the prose's
+L1 instead, which the equation contradicts), KL
 its mean form (eq. 4.7) over every element of E_M(x)'s distribution, x~ the batch rolled by a
 random non-zero shift (every image paired with another's features), z~ ~ N(mu, sigma^2); the
 encoder, decoder, head and T minimise L together (with Adam at `ie.lr`).
@@ -92,6 +93,7 @@ class UTAD(MethodBase):
         c = self.config
         check_choice("config.score.extractor", c.score.extractor, EXTRACTORS)
         check_choice("config.score.combine", c.score.combine, COMBINES)
+        check_choice("config.ie.reconstruction", c.ie.reconstruction, ("mse", "l1"))
         if c.score.extractor == "resnet18" and set(c.score.layers) - set(LAYERS):
             raise ConfigError(f"config.score.layers {tuple(c.score.layers)} must be ResNet "
                               f"stages ({', '.join(LAYERS)}) for the resnet18 extractor.")
@@ -258,7 +260,8 @@ class UTAD(MethodBase):
             out, ie_stats = self.ie_net.apply(
                 {"params": params["ie"], "batch_stats": state.batch_stats["ie"]}, x,
                 train=True, mutable=["batch_stats"])
-            mse = jnp.mean((out["reconstruction"] - x) ** 2)
+            error = out["reconstruction"] - x
+            mse = jnp.mean(error ** 2 if ie_cfg.reconstruction == "mse" else jnp.abs(error))
             mu, logvar = out["mu"], out["logvar"]
             kl = 0.5 * jnp.mean(mu ** 2 + jnp.exp(logvar) - logvar - 1.0)
             z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mu.shape)
