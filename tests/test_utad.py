@@ -84,9 +84,12 @@ def test_vgg_taps_are_the_truncated_trunks_outputs():
 def trained():
     """A method, its state after one IE-Net step and one Expert-Net step, and the calibrated
     state, with the compiled step shared."""
-    method = build(_config())
+    # L_VGG on, with a random VGG-19 (two taps) standing in for the ImageNet one.
+    method = build(_config(expert__vgg=1.0, expert__vgg_weights="unused",
+                           expert__vgg_layers=(1, 3)))
     images = _images(4)
-    state = method.init(_KEY, {"image": images})
+    vgg = method.perceptual_net.init(_KEY, jnp.zeros((1, 64, 64, 3)))
+    state = method.init(_KEY, {"image": images}, {"perceptual": vgg})
     step = jax.jit(method.train_step)
     batch = {"image": images, "label": jnp.zeros(4, jnp.int32)}
     after_ie, ie_metrics = step(state, batch, jax.random.key(1))
@@ -116,7 +119,8 @@ def test_each_phase_moves_its_own_nets_only(trained):
                                        rel=1e-5)
     assert ie["loss_x"] == 0 and ie["loss_dsc"] > 0
     ex = {k: float(v) for k, v in ex_m.items()}
-    assert ex["loss"] == pytest.approx(ex["loss_x"] + ex["loss_m"] + ex["loss_style"], rel=1e-5)
+    assert ex["loss"] == pytest.approx(ex["loss_x"] + ex["loss_m"] + ex["loss_style"]
+                                       + ex["loss_vgg"], rel=1e-5)
     assert ex["loss_mse"] == 0 and ex["loss_x"] > 0
 
 
@@ -225,3 +229,22 @@ def test_ie_reconstruction_term_is_eq_4_6_or_the_prose_l1():
         error = np.asarray(recon) - np.asarray(x)
         want = np.mean(error ** 2) if kind == "mse" else np.mean(np.abs(error))
         assert float(metrics["loss_mse"]) == pytest.approx(want, rel=1e-4)
+
+
+def test_perceptual_term_is_eq_4_17_on_the_vgg_taps(trained):
+    """L_VGG = sum over the taps of the mean |phi(x_hat) - phi(x)| + |phi(m_hat) - phi(m)|,
+    on ImageNet-normalised input."""
+    from adjax.data import augment
+
+    method, images, *_, in_expert, _, expert_metrics, _ = trained
+    x = images[:2] / 255.0
+    m = method.impression(in_expert, x)
+    style = jax.random.normal(jax.random.key(2), (2, method.config.model.style_dim))
+    out = method.expert_net.apply({"params": in_expert.params["expert"]}, x, m, style)
+
+    def phi(a):
+        return method.perceptual_net.apply(in_expert.perceptual, augment.imagenet_normalize(a))
+
+    want = sum(float(jnp.mean(jnp.abs(phi(out[h])[k] - phi(t)[k])))
+               for h, t in (("x_hat", x), ("m_hat", m)) for k in (1, 3))
+    assert float(expert_metrics["loss_vgg"]) == pytest.approx(want, rel=1e-4)

@@ -293,9 +293,11 @@ class UTAD(MethodBase):
 
     def _perceptual(self, state: State, a: jax.Array, b: jax.Array) -> jax.Array:
         """Sum over the layers of the mean |phi_l(a) - phi_l(b)| (b's features are targets)."""
-        fa = self.perceptual_net.apply(state.perceptual, augment.imagenet_normalize(a))
-        fb = self.perceptual_net.apply(state.perceptual, augment.imagenet_normalize(b))
-        return sum(jnp.mean(jnp.abs(fa[k] - jax.lax.stop_gradient(fb[k]))) for k in fa)
+        # One pass of the frozen net over both batches.
+        f = self.perceptual_net.apply(state.perceptual,
+                                      augment.imagenet_normalize(jnp.concatenate([a, b])))
+        n = a.shape[0]
+        return sum(jnp.mean(jnp.abs(v[:n] - jax.lax.stop_gradient(v[n:]))) for v in f.values())
 
     def _expert_step(self, state: State, batch: dict[str, jax.Array],
                      rng: jax.Array) -> tuple[State, dict[str, jax.Array]]:
